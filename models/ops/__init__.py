@@ -1,0 +1,5 @@
+"""Low-level operators (the multi-scale deformable attention core and its backends)."""
+
+from models.ops.msda import MSDA_BACKENDS, MSDABackend, msda_core, resolve_msda_backend
+
+__all__ = ["MSDA_BACKENDS", "MSDABackend", "msda_core", "resolve_msda_backend"]

@@ -1,0 +1,91 @@
+"""Multi-scale deformable attention (MSDA) core behind a named backend registry.
+
+The core maps value (N, S, M, D), per-level spatial shapes [(H_l, W_l)], sampling locations
+(N, Lq, M, L, P, 2) in [0, 1] (x, y) and attention weights (N, Lq, M, L, P) to (N, Lq, M*D).
+Backend ``pytorch`` is Mask2Former's grid_sample reference (encoders.md 2.2); faster backends
+register themselves here under another name; ``auto`` picks the best one available on a device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from models.registry import Registry
+
+SpatialShapes = Sequence[tuple[int, int]]
+CoreFn = Callable[[torch.Tensor, SpatialShapes, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MSDABackend:
+    """One MSDA core implementation: ``fn`` and a predicate telling where it can run."""
+
+    name: str
+    fn: CoreFn
+    available: Callable[[torch.device], bool]
+    priority: int = 0  # ``auto`` prefers the highest available priority
+
+
+MSDA_BACKENDS: Registry[MSDABackend] = Registry("msda_backend")
+
+
+def register_backend(name: str, available: Callable[[torch.device], bool], priority: int = 0):
+    """Decorator registering a core function as backend ``name``."""
+
+    def deco(fn: CoreFn) -> CoreFn:
+        MSDA_BACKENDS.register(name)(MSDABackend(name, fn, available, priority))
+        return fn
+
+    return deco
+
+
+def resolve_msda_backend(name: str, device: torch.device | str) -> str:
+    """The concrete backend that ``name`` means on ``device`` (``auto`` -> best available)."""
+    device = torch.device(device)
+    if name != "auto":
+        backend = MSDA_BACKENDS.get(name)
+        if not backend.available(device):
+            raise RuntimeError(f"msda_backend {name!r} is not available on device {device.type!r}")
+        return name
+    usable = [MSDA_BACKENDS.get(n) for n in MSDA_BACKENDS.names() if MSDA_BACKENDS.get(n).available(device)]
+    return max(usable, key=lambda b: b.priority).name
+
+
+def msda_core(
+    value: torch.Tensor,
+    spatial_shapes: SpatialShapes,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    backend: str = "pytorch",
+) -> torch.Tensor:
+    """Run the MSDA core with the named backend (``auto`` resolves per device)."""
+    name = resolve_msda_backend(backend, value.device) if backend == "auto" else backend
+    return MSDA_BACKENDS.get(name).fn(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+@register_backend("pytorch", available=lambda device: True)
+def msda_core_pytorch(
+    value: torch.Tensor,
+    spatial_shapes: SpatialShapes,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """grid_sample reference: per-level bilinear sampling (zeros padding, align_corners=False)."""
+    n, _, m, d = value.shape
+    _, lq, _, n_levels, n_points, _ = sampling_locations.shape
+    value_list = value.split([h * w for h, w in spatial_shapes], dim=1)
+    grids = 2 * sampling_locations - 1
+    sampled = []
+    for level, (h, w) in enumerate(spatial_shapes):
+        # (N, H*W, M, D) -> (N*M, D, H, W): heads folded into the batch
+        value_l = value_list[level].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
+        # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
+        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
+    weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels * n_points)
+    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(n, m * d, lq)
+    return out.transpose(1, 2).contiguous()

@@ -1,0 +1,36 @@
+"""Shared fixtures: deterministic seeds, a CPU-sized config composer, the gpu marker."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.config import compose
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def small_cfg():
+    """Compose a config with a small input unless the caller overrides it."""
+
+    def make(*overrides: str):
+        return compose(["input.height=256", "input.width=384", *overrides])
+
+    return make
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
