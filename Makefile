@@ -1,0 +1,49 @@
+# encbench make targets. Every target uses .venv/ (created by `make setup`), unless
+# PYTHON=<interpreter> names one that already has the dependencies (e.g. PYTHON=python3 on the
+# GPU machine): then nothing is installed.
+SHELL := /bin/bash
+VENV := .venv
+SWEEP ?= default
+ifdef PYTHON
+PY := $(PYTHON)
+SETUP_STAMP :=
+else
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.installed
+endif
+
+.PHONY: help setup test test-gpu lint gpu-check sweep report profile collect export wheelhouse clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+setup: $(SETUP_STAMP)  ## create .venv/ and install encbench (CPU torch 2.13.0), idempotent
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VENV)/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+	touch $@
+
+test: setup  ## run the CPU test suite (GPU tests are skipped without CUDA)
+	$(PY) -m pytest -q
+
+test-gpu: setup  ## run only the tests marked gpu
+	$(PY) -m pytest -q -m gpu
+
+lint: setup  ## ruff
+	$(PY) -m ruff check .
+
+gpu-check: setup  ## baseline: our Mask2Former vs transformers', Swin-T 1024x2048 fp32 (GPU)
+	$(PY) scripts/gpu_baseline.py --out outputs/gpu_baseline.json
+
+wheelhouse:  ## build .whl/: pure-Python wheels the offline GPU machine lacks
+	bash scripts/wheelhouse.sh
+
+sweep report profile collect export:
+	@echo "make $@: not yet implemented (see the open issues: measurement core, sweeps and reports)" >&2; exit 2
+
+clean:  ## remove caches (keeps .venv/ and results)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
