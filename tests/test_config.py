@@ -40,7 +40,7 @@ def test_unknown_registry_names_list_valid(small_cfg):
         build_model(cfg)
     cfg = small_cfg()
     cfg.encoder.name = "fpn"
-    with pytest.raises(UnknownNameError, match="valid choices: m2f"):
+    with pytest.raises(UnknownNameError, match="valid choices: lite_m2f, m2f, proscale, rt_m2f"):
         build_model(cfg)
 
 

@@ -67,16 +67,9 @@ def msda_core(
     return MSDA_BACKENDS.get(name).fn(value, spatial_shapes, sampling_locations, attention_weights)
 
 
-@register_backend("pytorch", available=lambda device: True)
-def msda_core_pytorch(
-    value: torch.Tensor,
-    spatial_shapes: SpatialShapes,
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> torch.Tensor:
-    """grid_sample reference: per-level bilinear sampling (zeros padding, align_corners=False)."""
+def msda_sample(value: torch.Tensor, spatial_shapes: SpatialShapes, sampling_locations: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples (zeros padding, align_corners=False): (N*M, D, Lq, L*P), one grid_sample per level."""
     n, _, m, d = value.shape
-    _, lq, _, n_levels, n_points, _ = sampling_locations.shape
     value_list = value.split([h * w for h, w in spatial_shapes], dim=1)
     grids = 2 * sampling_locations - 1
     sampled = []
@@ -86,6 +79,19 @@ def msda_core_pytorch(
         # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
         grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
         sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
+    return torch.stack(sampled, dim=-2).flatten(-2)
+
+
+@register_backend("pytorch", available=lambda device: True)
+def msda_core_pytorch(
+    value: torch.Tensor,
+    spatial_shapes: SpatialShapes,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """grid_sample reference (encoders.md 2.2): sample every level, weight, sum over L*P."""
+    n, _, m, d = value.shape
+    _, lq, _, n_levels, n_points, _ = sampling_locations.shape
     weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels * n_points)
-    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1).view(n, m * d, lq)
+    out = (msda_sample(value, spatial_shapes, sampling_locations) * weights).sum(-1).view(n, m * d, lq)
     return out.transpose(1, 2).contiguous()
