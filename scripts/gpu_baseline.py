@@ -26,53 +26,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timing import StageClock  # noqa: E402
 from models import build_model  # noqa: E402
 from models.config import compose  # noqa: E402
 
 SWIN = {"swin_t": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7)}
-
-
-class StageClock:
-    """Per-module elapsed time per call, from forward pre/post hooks (CUDA events or perf_counter)."""
-
-    def __init__(self, modules: dict[str, nn.Module], device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.times: dict[str, list[float]] = {k: [] for k in modules}
-        self._open: dict[str, object] = {}
-        self.handles = []
-        for name, mod in modules.items():
-            self.handles.append(mod.register_forward_pre_hook(self._start(name)))
-            self.handles.append(mod.register_forward_hook(self._stop(name)))
-
-    def _now(self):
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            return ev
-        return time.perf_counter()
-
-    def _start(self, name: str) -> Callable:
-        def hook(module, args):
-            self._open[name] = self._now()
-        return hook
-
-    def _stop(self, name: str) -> Callable:
-        def hook(module, args, output):
-            self.times[name].append((self._open.pop(name), self._now()))
-        return hook
-
-    def medians_ms(self) -> dict[str, float]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            return {k: statistics.median(a.elapsed_time(b) for a, b in v) for k, v in self.times.items() if v}
-        return {k: statistics.median((b - a) * 1e3 for a, b in v) for k, v in self.times.items() if v}
-
-    def reset(self) -> None:
-        self.times = {k: [] for k in self.times}
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 def time_forward(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> list[float]:

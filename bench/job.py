@@ -1,0 +1,280 @@
+"""One measurement job: a composed config -> one result row (printed, and written as result.json)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import traceback
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench import energy as energy_mod
+from bench.analytic import pixel_decoder_macs
+from bench.env import capture
+from bench.flops import count_flops
+from bench.memory import peak_memory
+from bench.row import STAGES, TIMED_STAGES, config_hash, new_row, to_json, variant_name
+from bench.timing import IterationClock, TimingConfig, gpu_busy_ms, stage_latencies, summarize, time_loop, warm_up
+
+log = logging.getLogger("bench")
+
+MEASURES = ("flops", "latency", "memory", "energy", "profile")
+ALL = ("flops", "latency", "memory", "energy")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "tf32", "bf16")
+MODES = ("eager", "compile", "cudagraph")
+
+
+class InvalidConfig(ValueError):
+    """A bad override: the message names the valid choices."""
+
+
+def _choice(key: str, value: Any, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise InvalidConfig(f"{key}={value!r} is not valid; valid choices: {', '.join(valid)}")
+    return value
+
+
+def parse_measures(value: Any) -> list[str]:
+    """``measure`` as a list: a name, ``all``, a list, or a comma-separated string."""
+    items = list(value) if isinstance(value, list | tuple) else str(value).split(",")
+    out: list[str] = []
+    for item in (str(i).strip() for i in items):
+        for m in ALL if item == "all" else (item,):
+            _choice("measure", m, (*MEASURES, "all"))
+            if m not in out:
+                out.append(m)
+    if not out:
+        raise InvalidConfig(f"measure is empty; valid choices: {', '.join((*MEASURES, 'all'))}")
+    return out
+
+
+def resolve_device(value: str) -> torch.device:
+    _choice("device", value, DEVICES)
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if value == "cuda" and not torch.cuda.is_available():
+        raise InvalidConfig("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+    return torch.device(value)
+
+
+def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the measurement keys; returns the resolved settings."""
+    settings = {"measures": parse_measures(cfg.get("measure", "flops")),
+                "device": resolve_device(cfg.get("device", "auto")),
+                "precision": _choice("precision", cfg.get("precision", "fp32"), PRECISIONS),
+                "mode": _choice("mode", cfg.get("mode", "eager"), MODES),
+                "timing": TimingConfig.from_mapping(cfg.get("timing"))}
+    if settings["mode"] == "cudagraph" and settings["device"].type != "cuda":
+        raise InvalidConfig("mode=cudagraph needs device=cuda (CUDA-graph replay)")
+    if "energy" in settings["measures"] and settings["device"].type != "cuda" and cfg.get("measure") != "all":
+        log.warning("measure=energy on %s: energy columns will be NaN", settings["device"])
+    return settings
+
+
+def precision_context(precision: str, device: torch.device) -> AbstractContextManager:
+    """Set TF32 flags and return the autocast context for ``precision``."""
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def measured_config(cfg: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """The part of the config that defines what is measured (the ``config_hash`` input)."""
+    keep = ("backbone", "encoder", "decoder", "input", "msda_backend", "precision", "mode", "flops", "timing",
+            "energy")
+    out = {k: cfg.get(k) for k in keep}
+    out["measure"] = parse_measures(cfg.get("measure", "flops"))
+    out["device"] = device.type
+    return out
+
+
+def make_runner(model: torch.nn.Module, images: torch.Tensor, settings: dict[str, Any], postprocess: bool
+                ) -> tuple[Callable[[], Any], dict[str, float]]:
+    """The callable that one timed iteration runs, for the configured mode and precision."""
+    device, info = settings["device"], {}
+    amp = precision_context(settings["precision"], device)
+
+    def eager() -> Any:
+        with torch.inference_mode(), amp:
+            return model(images, postprocess=postprocess)
+
+    if settings["mode"] == "eager":
+        return eager, info
+    if settings["mode"] == "compile":
+        import time
+
+        compiled = torch.compile(model)
+
+        def run() -> Any:
+            with torch.no_grad(), amp:
+                return compiled(images, postprocess=postprocess)
+
+        t0 = time.perf_counter()
+        run()
+        IterationClock(device).sync()
+        info["compile_seconds"] = time.perf_counter() - t0
+        return run, info
+    # cudagraph: capture one forward at fixed shapes, replay it
+    static = images.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad(), amp:
+        for _ in range(3):
+            model(static, postprocess=False)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad(), amp:
+        model(static, postprocess=False)
+    if postprocess:
+        log.warning("mode=cudagraph replays the forward only; post-processing is not captured")
+    return graph.replay, info
+
+
+def dynamo_graphs() -> int:
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return int(counters["stats"].get("unique_graphs", 0))
+
+
+def measure_latency(model, images, settings, row: dict[str, Any]) -> None:
+    cfg: TimingConfig = settings["timing"]
+    device = settings["device"]
+    run, info = make_runner(model, images, settings, postprocess=False)
+    row.update(info)
+    clock = IterationClock(device)
+    warm, stable = warm_up(run, clock, cfg)
+    graphs = dynamo_graphs()
+    gpu, wall = time_loop(run, clock, cfg)
+    row.update(summarize(gpu, images.shape[0], cfg.bootstrap))
+    row.update(wall_ms_p50=float(torch.tensor(wall).median()), timing_iters=len(gpu),
+               timing_seconds=sum(wall) / 1e3, warmup_iters=len(warm), warmup_stable=stable)
+    if settings["mode"] == "compile":
+        row["recompiles"] = dynamo_graphs() - graphs
+    if settings["mode"] == "eager":
+        stages = {s: m for s, m in model.stage_modules().items() if s in TIMED_STAGES}
+        eager_e2e, _ = make_runner(model, images, settings, postprocess=True)
+        per_stage = stage_latencies(eager_e2e, stages, device, cfg.stage_iters)
+        row.update({f"latency_ms_{s}_p50": v for s, v in per_stage.items()})
+    row["gpu_busy_ms"] = gpu_busy_ms(run, cfg.busy_iters) if device.type == "cuda" else math.nan
+    if cfg.e2e and settings["mode"] != "cudagraph":
+        e2e, _ = make_runner(model, images, settings, postprocess=True)
+        short = TimingConfig(**{**cfg.__dict__, "min_iters": max(cfg.min_iters // 5, 3),
+                                "min_seconds": cfg.min_seconds / 5})
+        row["latency_ms_e2e_p50"] = summarize(time_loop(e2e, clock, short)[0], images.shape[0])["latency_ms_p50"]
+
+
+def measure_energy(model, images, settings, cfg: Mapping[str, Any], row: dict[str, Any]) -> None:
+    if settings["device"].type != "cuda":
+        row.update(energy_mod.unavailable("no CUDA device (NVML energy needs a GPU)"))
+        return
+    nvml, reason = energy_mod.load_nvml()
+    if nvml is None:
+        row.update(energy_mod.unavailable(reason or "NVML unavailable"))
+        return
+    ecfg = dict(cfg.get("energy") or {})
+    meter = energy_mod.EnergyMeter(nvml, int(ecfg.get("gpu_index", 0)), sample_period=ecfg.get("sample_period", 0.1))
+    run, _ = make_runner(model, images, settings, postprocess=False)
+    clock = IterationClock(settings["device"])
+    idle_w = meter.idle_power(ecfg.get("idle_seconds", 3.0), ecfg.get("cooldown_seconds", 2.0))
+    warm_up(run, clock, settings["timing"])
+    result = meter.window(run, images.shape[0], ecfg.get("min_seconds", 10.0), clock.sync, idle_w)
+    reason = result.pop("invalid_reason")
+    valid = result.pop("valid")
+    result.pop("power_w_max_sampled", None)
+    row.update(result)
+    if not valid:
+        row["valid"] = False
+        row["invalid_reason"] = "; ".join(filter(None, [row.get("invalid_reason"), reason]))
+
+
+def fill_config_columns(row: dict[str, Any], cfg: Mapping[str, Any]) -> None:
+    """Config columns straight from the config (also for rows whose config is invalid)."""
+    inp, enc = cfg.get("input") or {}, cfg.get("encoder") or {}
+    measure = cfg.get("measure")
+    row.update(encoder=enc.get("name"), variant=variant_name(enc) if "name" in enc else None,
+               backbone=(cfg.get("backbone") or {}).get("name"), dataset=inp.get("name"), height=inp.get("height"),
+               width=inp.get("width"), batch=inp.get("batch"), precision=cfg.get("precision"), mode=cfg.get("mode"),
+               device=cfg.get("device"), msda_backend=cfg.get("msda_backend", "pytorch"), sweep=cfg.get("sweep"),
+               measure=",".join(map(str, measure)) if isinstance(measure, list | tuple) else measure)
+
+
+def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
+    """Measure one configuration; never raises for a measurement failure (the row says what failed)."""
+    from models import build_model
+    from models.build import to_dict
+
+    cfg = to_dict(cfg)
+    row = new_row()
+    out_dir = Path(out_dir)
+    fill_config_columns(row, cfg)
+    try:
+        settings = validate(cfg)
+        row.update(device=settings["device"].type, measure=",".join(settings["measures"]))
+        row["config_hash"] = config_hash(measured_config(cfg, settings["device"]))
+        device = settings["device"]
+        nvml = energy_mod.load_nvml()[0] if device.type == "cuda" else None
+        row.update(capture(device, nvml, int((cfg.get("energy") or {}).get("gpu_index", 0))))
+        row.pop("hostname", None)
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        try:
+            model = build_model(cfg).to(device)
+        except (ValueError, KeyError) as err:  # bad names or knobs: the message lists the valid ones
+            raise InvalidConfig(str(err)) from err
+        row.update(params_of(model))
+        inp = cfg["input"]
+        images = torch.rand(inp["batch"], 3, inp["height"], inp["width"], device=device) * 255
+        analytic = pixel_decoder_macs(cfg["encoder"], model.backbone.out_channels, inp["height"], inp["width"],
+                                      inp["batch"])
+        row["gmacs_analytic_pixel_decoder"] = analytic["pixel_decoder"] / 1e9
+        measures = settings["measures"]
+        if "memory" in measures:  # first: on CPU the RSS peak is only meaningful before any other pass
+            run, _ = make_runner(model, images, {**settings, "mode": "eager"}, postprocess=False)
+            row.update(peak_memory(run, device))
+        if "flops" in measures:
+            row.update(count_flops(model, images, bool((cfg.get("flops") or {}).get("count_attention", True))))
+        if "latency" in measures:
+            measure_latency(model, images, settings, row)
+        if "energy" in measures:
+            measure_energy(model, images, settings, cfg, row)
+        if "profile" in measures:
+            from bench.profile import profile_model
+
+            run, _ = make_runner(model, images, {**settings, "mode": "eager"}, postprocess=True)
+            pcfg = cfg.get("profile") or {}
+            row["artifacts"] = profile_model(model, run, out_dir, int(pcfg.get("warmup", 3)),
+                                             int(pcfg.get("active", 3)), device)
+    except InvalidConfig as err:
+        row.update(status="invalid", error=str(err), valid=False, invalid_reason=str(err))
+    except torch.OutOfMemoryError as err:
+        row.update(status="oom", error=f"OutOfMemoryError: {err}"[:2000], valid=False)
+    except Exception as err:  # a failed job is a row, not a crash: the sweep goes on
+        log.error("job failed:\n%s", traceback.format_exc())
+        row.update(status="failed", error=f"{type(err).__name__}: {err}"[:2000], valid=False)
+    write_row(row, out_dir)
+    return row
+
+
+def params_of(model: torch.nn.Module) -> dict[str, int]:
+    stages = model.stage_modules()
+    out = {"params_total": sum(p.numel() for p in model.parameters())}
+    out.update({f"params_{s}": sum(p.numel() for p in stages[s].parameters()) for s in STAGES})
+    return out
+
+
+def write_row(row: Mapping[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "result.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(to_json(row) + "\n")
+    tmp.replace(path)  # atomic: a collector never reads half a row
+    return path

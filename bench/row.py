@@ -1,0 +1,93 @@
+"""The result row: one JSON object per job, every column documented in the README.
+
+``new_row`` starts a row with every column present (NaN / None where not measured), so a
+consumer never meets a missing key; ``config_hash`` identifies a configuration across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+STAGES = ("backbone", "pixel_decoder", "pixel_decoder_layers", "pixel_embedding", "transformer_decoder",
+          "postprocess")
+TIMED_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
+STATUSES = ("ok", "failed", "oom", "skipped", "invalid")
+
+IDENTITY = ["run_id", "config_hash", "sweep", "created_at", "git_commit", "status", "error", "measure"]
+CONFIG = ["encoder", "variant", "backbone", "dataset", "height", "width", "batch", "precision", "mode", "device",
+          "msda_backend"]
+SIZE = (["params_total"] + [f"params_{s}" for s in STAGES]
+        + ["gmacs_total"] + [f"gmacs_{s}" for s in STAGES]
+        + ["gflops_total"] + [f"gflops_{s}" for s in STAGES]
+        + ["gmacs_ptflops_total", "gmacs_analytic_pixel_decoder", "flop_coverage", "flop_coverage_fvcore",
+           "unsupported_ops", "flops_seconds"])
+SPEED = (["latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_ci95",
+          "latency_ms_std", "wall_ms_p50", "fps", "latency_ms_e2e_p50", "timing_iters", "timing_seconds",
+          "warmup_iters", "warmup_stable"]
+         + [f"latency_ms_{s}_p50" for s in TIMED_STAGES]
+         + ["gpu_busy_ms", "compile_seconds", "recompiles"])
+MEMORY = ["mem_peak_alloc_mb", "mem_peak_reserved_mb", "mem_method"]
+ENERGY = ["energy_j_per_img_gross", "energy_j_per_img_net", "power_w_avg", "idle_w", "energy_window_s",
+          "energy_images"]
+ENVIRONMENT = ["gpu_name", "driver", "torch_version", "cuda_version", "transformers_version", "cpu_name",
+               "num_threads", "sm_clock_mhz_min", "sm_clock_mhz_max", "temp_c_start", "temp_c_end",
+               "throttle_reasons", "valid", "invalid_reason", "artifacts"]
+COLUMNS = IDENTITY + CONFIG + SIZE + SPEED + MEMORY + ENERGY + ENVIRONMENT
+STRING_COLUMNS = {"run_id", "config_hash", "sweep", "created_at", "git_commit", "status", "error", "measure",
+                  "encoder", "variant", "backbone", "dataset", "precision", "mode", "device", "msda_backend",
+                  "mem_method", "gpu_name", "driver", "torch_version", "cuda_version", "transformers_version",
+                  "cpu_name", "throttle_reasons", "invalid_reason"}
+
+
+def new_row() -> dict[str, Any]:
+    """A row with every column: NaN for numbers, None for strings, {} for mappings."""
+    row: dict[str, Any] = {c: (None if c in STRING_COLUMNS else math.nan) for c in COLUMNS}
+    row.update(unsupported_ops={}, artifacts={}, valid=True, status="ok",
+               run_id=uuid.uuid4().hex[:12], created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return row
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Stable 16-hex-digit hash of the measured configuration (keys sorted, floats as JSON)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def variant_name(encoder: Mapping[str, Any]) -> str:
+    """Short human label: ``m2f``, ``proscale(3,3,3)+lpe+trc``, ``lite_m2f(h2,3x2)``, ``rt_m2f(e1.0)``."""
+    name = encoder["name"]
+    if name == "proscale":
+        label = "proscale(" + ",".join(str(n) for n in encoder.get("layers", (3, 3, 3))) + ")"
+        label += "+lpe" if encoder.get("lpe", True) else ""
+        trc = encoder.get("trc", "faithful")
+        label += {"faithful": "+trc", "fixed": "+trc_fixed", "off": ""}[trc]
+        return label + ("+res" if encoder.get("residual") else "")
+    if name == "lite_m2f":
+        high, blocks, per = encoder.get("high_levels", 2), encoder.get("blocks", 3), encoder.get("layers_per_block", 2)
+        label = f"lite_m2f(h{high},{blocks}x{per})"
+        return label + ("+kda" if encoder.get("kda") else "") + ("" if encoder.get("small_ffn", True) else "+fullffn")
+    if name == "rt_m2f":
+        label = f"rt_m2f(e{float(encoder.get('expansion', 1.0)):g})"
+        return label + ("+pos_fixed" if encoder.get("pos_embed") == "fixed" else "")
+    if name == "m2f" and encoder.get("num_layers", 6) != 6:
+        return f"m2f({encoder['num_layers']})"
+    return name
+
+
+def to_json(row: Mapping[str, Any]) -> str:
+    """One line of JSON; NaN becomes null so every JSON parser reads it."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, Mapping):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps({k: clean(v) for k, v in row.items()}, sort_keys=False)
