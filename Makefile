@@ -4,6 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 SWEEP ?= default
+ARGS ?=
 ifdef PYTHON
 PY := $(PYTHON)
 SETUP_STAMP :=
@@ -41,7 +42,10 @@ gpu-check: setup  ## baseline: our Mask2Former vs transformers', Swin-T 1024x204
 wheelhouse:  ## build .whl/: pure-Python wheels the offline GPU machine lacks
 	bash scripts/wheelhouse.sh
 
-sweep report profile collect export:
+profile: setup  ## per-layer profiler trace and table: make profile ARGS="encoder=proscale input=cityscapes"
+	$(PY) -m bench measure=profile $(ARGS)
+
+sweep report collect export:
 	@echo "make $@: not yet implemented (see the open issues: measurement core, sweeps and reports)" >&2; exit 2
 
 clean:  ## remove caches (keeps .venv/ and results)

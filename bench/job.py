@@ -68,12 +68,19 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 "device": resolve_device(cfg.get("device", "auto")),
                 "precision": _choice("precision", cfg.get("precision", "fp32"), PRECISIONS),
                 "mode": _choice("mode", cfg.get("mode", "eager"), MODES),
-                "timing": TimingConfig.from_mapping(cfg.get("timing"))}
+                "timing": _timing(cfg.get("timing"))}
     if settings["mode"] == "cudagraph" and settings["device"].type != "cuda":
         raise InvalidConfig("mode=cudagraph needs device=cuda (CUDA-graph replay)")
     if "energy" in settings["measures"] and settings["device"].type != "cuda" and cfg.get("measure") != "all":
         log.warning("measure=energy on %s: energy columns will be NaN", settings["device"])
     return settings
+
+
+def _timing(value: Any) -> TimingConfig:
+    try:
+        return TimingConfig.from_mapping(value)
+    except (TypeError, ValueError) as err:
+        raise InvalidConfig(str(err)) from err
 
 
 def precision_context(precision: str, device: torch.device) -> AbstractContextManager:

@@ -41,9 +41,10 @@ def profile_ranges(model: nn.Module) -> dict[str, str]:
             ranges[f"pixel_decoder.{name}"] = f"{enc_path}.{name}"
     dec_path = paths["transformer_decoder"]
     decoder = model.get_submodule(dec_path)
-    for kind, attr in (("cross_attn", "transformer_cross_attention_layers"),
-                       ("self_attn", "transformer_self_attention_layers"), ("ffn", "transformer_ffn_layers")):
-        for i in range(len(getattr(decoder, attr, []))):
+    kinds = (("cross_attn", "transformer_cross_attention_layers"),
+             ("self_attn", "transformer_self_attention_layers"), ("ffn", "transformer_ffn_layers"))
+    for i in range(len(getattr(decoder, kinds[0][1], []))):
+        for kind, attr in kinds:
             ranges[f"transformer_decoder.layer{i}.{kind}"] = f"{dec_path}.{attr}.{i}"
     return ranges
 
@@ -113,7 +114,11 @@ def layer_table(times: Mapping[str, float], flops: Mapping[str, float], ranges: 
 def profile_model(model: nn.Module, fn: Callable[[], Any], out_dir: Path, warmup: int = 3, active: int = 3,
                   device: torch.device | None = None) -> dict[str, Any]:
     """Profile ``fn`` (one model call) and write the trace, TensorBoard directory and layer tables."""
-    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+    import os
+    import socket
+    import time
+
+    from torch.profiler import ProfilerActivity, profile, schedule
 
     device = device or torch.device("cpu")
     cuda = device.type == "cuda"
@@ -125,9 +130,10 @@ def profile_model(model: nn.Module, fn: Callable[[], Any], out_dir: Path, warmup
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     trace_json = out_dir / "trace.json"
 
-    def ready(prof: Any) -> None:
-        tensorboard_trace_handler(str(out_dir / "tb"))(prof)
+    def ready(prof: Any) -> None:  # a trace can be saved once: save it, then copy it for TensorBoard
         prof.export_chrome_trace(str(trace_json))
+        tb_name = f"{socket.gethostname()}_{os.getpid()}.{int(time.time() * 1000)}.pt.trace.json"
+        shutil.copyfile(trace_json, out_dir / "tb" / tb_name)
 
     with RangeHooks(model, ranges), torch.no_grad(), profile(
             activities=activities, record_shapes=True, with_stack=False,
