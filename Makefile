@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed
 endif
 
-.PHONY: help setup test test-gpu lint gpu-check sweep report profile collect export wheelhouse clean
+.PHONY: help setup test test-gpu lint gpu-check gpu-measure sweep report profile collect export wheelhouse clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -38,6 +38,9 @@ lint: setup  ## ruff
 
 gpu-check: setup  ## baseline: our Mask2Former vs transformers', Swin-T 1024x2048 fp32 (GPU)
 	$(PY) scripts/gpu_baseline.py --out outputs/gpu_baseline.json
+
+gpu-measure: setup  ## measurement-core check on the GPU: 7 encoders + repeat + harness overhead (scripts/gpu_measure.py)
+	$(PY) scripts/gpu_measure.py --out outputs/gpu_measure
 
 wheelhouse:  ## build .whl/: pure-Python wheels the offline GPU machine lacks
 	bash scripts/wheelhouse.sh

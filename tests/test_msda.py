@@ -97,3 +97,11 @@ def test_module_init_matches_upstream():
     assert bias[0, :, :, 0].tolist() == [[1.0, 2.0, 3.0, 4.0]] * 3
     torch.testing.assert_close(bias[2, 1, :, 1], torch.tensor([1.0, 2.0, 3.0, 4.0]))
     assert bias[1].abs().max(-1).values.min() == pytest.approx(1.0)
+
+
+def test_offset_normalizer_is_cached_per_shapes():
+    from models.layers.ms_deform_attn import offset_normalizer
+
+    a = offset_normalizer(((2, 3), (4, 5)), torch.device("cpu"), torch.float32)
+    assert a.tolist() == [[3.0, 2.0], [5.0, 4.0]]  # (W, H) per level
+    assert offset_normalizer(((2, 3), (4, 5)), torch.device("cpu"), torch.float32) is a  # no new tensor per call

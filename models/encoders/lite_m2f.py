@@ -21,6 +21,7 @@ from models.encoders import ENCODERS
 from models.encoders.base import PixelDecoder, PixelEmbedding, flatten_levels, reference_points, split_levels
 from models.encoders.m2f import MSDeformEncoder
 from models.layers import MSDeformAttn, MSDeformEncoderLayer
+from models.layers.ms_deform_attn import sampling_locations
 from models.ops.msda import msda_sample
 
 
@@ -49,8 +50,7 @@ class KeyAwareDeformAttn(MSDeformAttn):
             value = value.masked_fill(padding_mask[..., None], 0.0)
         value = value.view(n, s, m, d)
         offsets = self.sampling_offsets(query).view(n, lq, m, lvl, p, 2)
-        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=offsets.dtype, device=query.device)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        locations = sampling_locations(reference_points, offsets, spatial_shapes)
         keys = msda_sample(value, spatial_shapes, locations)      # (N*M, D, Lq, L*P)
         values = msda_sample(value, spatial_shapes, locations)    # sampled again, as upstream
         q = self.query_proj(query).view(n, lq, m, d).permute(0, 2, 3, 1).reshape(n * m, d, lq, 1)

@@ -9,12 +9,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.ops.msda import MSDA_BACKENDS, msda_core
+
+
+@lru_cache(maxsize=64)
+def offset_normalizer(spatial_shapes: tuple[tuple[int, int], ...], device: torch.device, dtype: torch.dtype
+                      ) -> torch.Tensor:
+    """(L, 2) tensor of (W_l, H_l), built once per shapes/device/dtype.
+
+    Cached so that a forward pass makes no host-to-device copy after the first call (CUDA-graph
+    capture forbids one).
+    """
+    return torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dtype, device=device)
+
+
+def sampling_locations(reference_points: torch.Tensor, offsets: torch.Tensor,
+                       spatial_shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """reference (N, Lq, L, 2) + offsets (N, Lq, M, L, P, 2) / (W_l, H_l): offsets are in pixels of level l."""
+    normalizer = offset_normalizer(tuple(map(tuple, spatial_shapes)), offsets.device, offsets.dtype)
+    return reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
 
 
 class MSDeformAttn(nn.Module):
@@ -70,8 +89,7 @@ class MSDeformAttn(nn.Module):
         value = value.view(n, s, m, c // m)
         offsets = self.sampling_offsets(query).view(n, lq, m, lvl, p, 2)
         weights = F.softmax(self.attention_weights(query).view(n, lq, m, lvl * p), -1).view(n, lq, m, lvl, p)
-        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=offsets.dtype, device=query.device)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        locations = sampling_locations(reference_points, offsets, spatial_shapes)
         out = msda_core(value, spatial_shapes, locations, weights, backend=self.backend)
         return self.output_proj(out)
 
