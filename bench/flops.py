@@ -21,6 +21,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -124,6 +125,7 @@ def count_fvcore(model: nn.Module, inputs: tuple, stage_paths: Mapping[str, str]
         "stages": {s: by_module.get(f"model.{p}", 0) for s, p in stage_paths.items()},
         "unsupported": unsupported,
         "coverage": counted_calls / (counted_calls + missed) if counted_calls + missed else math.nan,
+        "calls": counted_calls,
     }
 
 
@@ -212,25 +214,154 @@ def count_dispatch(model: nn.Module, inputs: tuple, stage_paths: Mapping[str, st
 
 
 # ---------------------------------------------------------------- the job's FLOP columns
+TOP_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
+
+
 def stage_paths(model: nn.Module) -> dict[str, str]:
     """Stage name -> dotted module path inside ``model`` (from ``model.stage_modules()``)."""
     names = {id(m): n for n, m in model.named_modules()}
     return {stage: names[id(mod)] for stage, mod in model.stage_modules().items()}
 
 
-def count_flops(model: nn.Module, images: torch.Tensor, count_attention: bool = True) -> dict[str, Any]:
-    """All FLOP columns of a result row for one forward of ``model(images)`` (with post-processing)."""
+class _Call(nn.Module):
+    """Traceable call of ``module`` with the tensors of captured arguments as inputs (others constant)."""
+
+    def __init__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        super().__init__()
+        self.module, self.args, self.kwargs = module, args, kwargs
+        self.tensors = [t for t in _tensors((args, kwargs))]
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        it = iter(tensors)
+
+        def swap(obj: Any) -> Any:
+            if isinstance(obj, torch.Tensor):
+                return next(it)
+            if isinstance(obj, Mapping):
+                return {k: swap(v) for k, v in obj.items()}
+            if isinstance(obj, list | tuple):
+                return type(obj)(swap(v) for v in obj)
+            return obj
+
+        args, kwargs = swap(self.args), swap(self.kwargs)
+        return tuple(_tensors(self.module(*args, **kwargs)))
+
+
+def _signature(obj: Any) -> Any:
+    """Shapes, dtypes and constants of captured arguments: what a stage's FLOPs depend on."""
+    if isinstance(obj, torch.Tensor):
+        return ["tensor", list(obj.shape), str(obj.dtype)]
+    if isinstance(obj, Mapping):
+        return {str(k): _signature(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_signature(v) for v in obj]
+    return obj
+
+
+class FlopCache:
+    """fvcore results per stage, on disk, keyed by the stage's config and input signature."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def key(self, *parts: Any) -> str:
+        import hashlib
+        import json
+
+        import fvcore
+
+        blob = json.dumps([parts, torch.__version__, getattr(fvcore, "__version__", "")], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def get(self, key: str) -> dict | None:
+        import json
+
+        path = self.dir / f"{key}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, key: str, value: dict) -> None:
+        import json
+
+        path = self.dir / f"{key}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(value))
+        tmp.replace(path)
+
+
+def capture_stage_inputs(model: nn.Module, stages: Mapping[str, str]) -> tuple[dict, list]:
+    """Forward pre-hooks that record each top stage's (args, kwargs); returns (store, handles)."""
+    store: dict[str, tuple] = {}
+    handles = []
+    for stage in TOP_STAGES:
+        mod = model.get_submodule(stages[stage])
+        handles.append(mod.register_forward_pre_hook(
+            lambda m, args, kwargs, stage=stage: store.setdefault(stage, (args, kwargs)), with_kwargs=True))
+    return store, handles
+
+
+def count_flops(model: nn.Module, images: torch.Tensor, count_attention: bool = True,
+                cache: FlopCache | None = None, stage_keys: Mapping[str, Any] | None = None,
+                memory: Callable[[Callable[[], Any]], dict] | None = None) -> dict[str, Any]:
+    """All FLOP columns for one forward of ``model(images)`` (with post-processing).
+
+    One real forward runs under FlopCounterMode, ptflops and the op census (and, when ``memory``
+    is given, inside that memory probe), capturing each stage's inputs. fvcore then traces each
+    stage on its captured inputs; with a ``cache``, a stage already traced for the same
+    ``stage_keys[stage]`` and input signature is reused (the backbone, decoder and post-processing
+    are shared by every encoder variant of a sweep).
+    """
     start = time.perf_counter()
     paths = stage_paths(model)
-    fv = count_fvcore(model, (images,), paths, count_attention)
-    dp = count_dispatch(model, (images,), paths, root=type(model).__name__)
-    row: dict[str, Any] = {"gmacs_total": fv["total"] / 1e9, "gflops_total": dp["total"] / 1e9,
+    captured, handles = capture_stage_inputs(model, paths)
+    out: dict[str, Any] = {}
+    try:
+        def forward() -> None:
+            out["dp"] = count_dispatch(model, (images,), paths, root=type(model).__name__)
+
+        mem = None
+        if memory is not None:
+            mem = memory(forward)
+        else:
+            forward()
+    finally:
+        for h in handles:
+            h.remove()
+    dp = out["dp"]
+    fv_total, fv_stages, fv_unsupported, calls, missed = 0.0, {}, Counter(), 0, 0
+    for stage in TOP_STAGES:
+        args, kwargs = captured[stage]
+        key = cache.key(stage, (stage_keys or {}).get(stage), _signature((args, kwargs)), count_attention) \
+            if cache else None
+        result = cache.get(key) if cache else None
+        if result is None:
+            module = model.get_submodule(paths[stage])
+            sub = {s: p[len(paths[stage]) + 1:] for s, p in paths.items()
+                   if p.startswith(paths[stage] + ".")}
+            call = _Call(module, args, kwargs)
+            fv = count_fvcore(call, tuple(call.tensors), {s: f"module.{p}" for s, p in sub.items()},
+                              count_attention)
+            compute_unsupported = sum(n for op, n in fv["unsupported"].items() if is_compute_op(op))
+            result = {"total": fv["total"], "stages": fv["stages"], "unsupported": fv["unsupported"],
+                      "calls": fv["calls"], "missed": compute_unsupported}
+            if cache:
+                cache.put(key, result)
+        fv_total += result["total"]
+        fv_stages[stage] = result["total"]
+        fv_stages.update(result["stages"])
+        fv_unsupported.update(result["unsupported"])
+        calls += result["calls"]
+        missed += result["missed"]
+    row: dict[str, Any] = {"gmacs_total": fv_total / 1e9, "gflops_total": dp["total"] / 1e9,
                            "gmacs_ptflops_total": (dp["ptflops_total"] or 0) / 1e9,
-                           "flop_coverage": dp["coverage"], "flop_coverage_fvcore": fv["coverage"],
-                           "unsupported_ops": {"fvcore": fv["unsupported"], "flop_counter": dp["unsupported"],
+                           "flop_coverage": dp["coverage"],
+                           "flop_coverage_fvcore": calls / (calls + missed) if calls + missed else math.nan,
+                           "unsupported_ops": {"fvcore": dict(fv_unsupported), "flop_counter": dp["unsupported"],
                                                "ptflops": dp["ptflops_unsupported"]}}
     for stage in paths:
-        row[f"gmacs_{stage}"] = fv["stages"][stage] / 1e9
+        row[f"gmacs_{stage}"] = fv_stages[stage] / 1e9
         row[f"gflops_{stage}"] = dp["stages"][stage] / 1e9
     row["flops_seconds"] = time.perf_counter() - start
+    if mem is not None:
+        row.update(mem)
     return row

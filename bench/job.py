@@ -15,7 +15,7 @@ import torch
 from bench import energy as energy_mod
 from bench.analytic import pixel_decoder_macs
 from bench.env import capture
-from bench.flops import count_flops
+from bench.flops import FlopCache, count_flops
 from bench.memory import peak_memory
 from bench.row import STAGES, TIMED_STAGES, config_hash, new_row, to_json, variant_name
 from bench.timing import IterationClock, TimingConfig, gpu_busy_ms, stage_latencies, summarize, time_loop, warm_up
@@ -39,17 +39,25 @@ def _choice(key: str, value: Any, valid: tuple[str, ...]) -> str:
     return value
 
 
-def parse_measures(value: Any) -> list[str]:
-    """``measure`` as a list: a name, ``all``, a list, or a comma-separated string."""
+AUTO_CPU = ("flops", "memory")
+
+
+def parse_measures(value: Any, device: torch.device | None = None) -> list[str]:
+    """``measure`` as a list: a name, ``all``, ``auto`` (all on CUDA; flops+memory on CPU), a list,
+    or a comma-separated string."""
     items = list(value) if isinstance(value, list | tuple) else str(value).split(",")
     out: list[str] = []
     for item in (str(i).strip() for i in items):
-        for m in ALL if item == "all" else (item,):
-            _choice("measure", m, (*MEASURES, "all"))
+        if item == "auto":
+            expanded = ALL if device is not None and device.type == "cuda" else AUTO_CPU
+        else:
+            expanded = ALL if item == "all" else (item,)
+        for m in expanded:
+            _choice("measure", m, (*MEASURES, "all", "auto"))
             if m not in out:
                 out.append(m)
     if not out:
-        raise InvalidConfig(f"measure is empty; valid choices: {', '.join((*MEASURES, 'all'))}")
+        raise InvalidConfig(f"measure is empty; valid choices: {', '.join((*MEASURES, 'all', 'auto'))}")
     return out
 
 
@@ -64,8 +72,8 @@ def resolve_device(value: str) -> torch.device:
 
 def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Check the measurement keys; returns the resolved settings."""
-    settings = {"measures": parse_measures(cfg.get("measure", "flops")),
-                "device": resolve_device(cfg.get("device", "auto")),
+    device = resolve_device(cfg.get("device", "auto"))
+    settings = {"measures": parse_measures(cfg.get("measure", "flops"), device), "device": device,
                 "precision": _choice("precision", cfg.get("precision", "fp32"), PRECISIONS),
                 "mode": _choice("mode", cfg.get("mode", "eager"), MODES),
                 "timing": _timing(cfg.get("timing"))}
@@ -98,7 +106,7 @@ def measured_config(cfg: Mapping[str, Any], device: torch.device) -> dict[str, A
     keep = ("backbone", "encoder", "decoder", "input", "msda_backend", "precision", "mode", "flops", "timing",
             "energy")
     out = {k: cfg.get(k) for k in keep}
-    out["measure"] = parse_measures(cfg.get("measure", "flops"))
+    out["measure"] = parse_measures(cfg.get("measure", "flops"), device)
     out["device"] = device.type
     return out
 
@@ -244,11 +252,17 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
                                       inp["batch"])
         row["gmacs_analytic_pixel_decoder"] = analytic["pixel_decoder"] / 1e9
         measures = settings["measures"]
-        if "memory" in measures:  # first: on CPU the RSS peak is only meaningful before any other pass
-            run, _ = make_runner(model, images, {**settings, "mode": "eager"}, postprocess=False)
+        fcfg = cfg.get("flops") or {}
+        cache = FlopCache(fcfg["cache_dir"]) if fcfg.get("cache_dir") else None
+        # memory first (the CPU RSS peak is only meaningful on the first forward of the process); with
+        # flops on CPU the counting forward is that forward (the counters hold no tensors)
+        shared = "flops" in measures and "memory" in measures and device.type == "cpu"
+        if "memory" in measures and not shared:  # one inference: forward + post-processing, on every device
+            run, _ = make_runner(model, images, {**settings, "mode": "eager"}, postprocess=True)
             row.update(peak_memory(run, device))
         if "flops" in measures:
-            row.update(count_flops(model, images, bool((cfg.get("flops") or {}).get("count_attention", True))))
+            row.update(count_flops(model, images, bool(fcfg.get("count_attention", True)), cache,
+                                   stage_keys(cfg), (lambda fn: peak_memory(fn, device)) if shared else None))
         if "latency" in measures:
             measure_latency(model, images, settings, row)
         if "energy" in measures:
@@ -269,6 +283,14 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
         row.update(status="failed", error=f"{type(err).__name__}: {err}"[:2000], valid=False)
     write_row(row, out_dir)
     return row
+
+
+def stage_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What each stage's FLOPs depend on besides its input shapes (the FLOP cache keys)."""
+    inp = cfg["input"]
+    post = {k: inp.get(k) for k in ("num_classes", "tasks", "thing_ids", "topk_per_image")}
+    return {"backbone": cfg["backbone"], "pixel_decoder": [cfg["encoder"], cfg["backbone"]["name"]],
+            "transformer_decoder": cfg["decoder"], "postprocess": post}
 
 
 def params_of(model: torch.nn.Module) -> dict[str, int]:

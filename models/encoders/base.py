@@ -133,9 +133,9 @@ class PixelDecoder(nn.Module):
 
     def forward(self, features: Mapping[str, torch.Tensor]) -> PixelDecoderOutput:
         self.check_features(features)
-        if not self.force_fp32:
-            return self._forward(features)
         device_type = features["res2"].device.type
+        if not self.force_fp32 or not torch.amp.is_autocast_available(device_type):  # e.g. meta: shapes only
+            return self._forward(features)
         with torch.autocast(device_type=device_type, enabled=False):
             return self._forward({k: v.float() for k, v in features.items()})
 
