@@ -105,3 +105,12 @@ def test_offset_normalizer_is_cached_per_shapes():
     a = offset_normalizer(((2, 3), (4, 5)), torch.device("cpu"), torch.float32)
     assert a.tolist() == [[3.0, 2.0], [5.0, 4.0]]  # (W, H) per level
     assert offset_normalizer(((2, 3), (4, 5)), torch.device("cpu"), torch.float32) is a  # no new tensor per call
+
+
+def test_cached_normalizer_created_in_inference_mode_works_with_autograd():
+    attn = MSDeformAttn(d_model=16, n_levels=1, n_heads=2, n_points=2)
+    q, ref, v = torch.randn(1, 3, 16), torch.rand(1, 3, 1, 2), torch.randn(1, 6, 16)
+    with torch.inference_mode():
+        attn(q, ref, v, [(2, 3)])  # first call caches the normalizer
+    attn(q.requires_grad_(), ref, v, [(2, 3)]).sum().backward()  # must not hit an inference tensor
+    assert q.grad is not None

@@ -24,9 +24,10 @@ def offset_normalizer(spatial_shapes: tuple[tuple[int, int], ...], device: torch
     """(L, 2) tensor of (W_l, H_l), built once per shapes/device/dtype.
 
     Cached so that a forward pass makes no host-to-device copy after the first call (CUDA-graph
-    capture forbids one).
+    capture forbids one). Built outside inference mode, so a cached tensor is usable everywhere.
     """
-    return torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dtype, device=device)
+    with torch.inference_mode(False):
+        return torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dtype, device=device)
 
 
 def sampling_locations(reference_points: torch.Tensor, offsets: torch.Tensor,
