@@ -48,8 +48,17 @@ wheelhouse:  ## build .whl/: pure-Python wheels the offline GPU machine lacks
 profile: setup  ## per-layer profiler trace and table: make profile ARGS="encoder=proscale input=cityscapes"
 	$(PY) -m bench measure=profile $(ARGS)
 
-sweep report collect export:
-	@echo "make $@: not yet implemented (see the open issues: measurement core, sweeps and reports)" >&2; exit 2
+sweep: setup  ## run sweep $(SWEEP) (default: default) job by job, resumable, then build the report
+	$(PY) -m bench.sweep $(SWEEP) $(ARGS); status=$$?; $(PY) -m reports; exit $$status
+
+report: setup  ## build report/ from results/results.sqlite (ARGS="report.accuracy=my.csv")
+	$(PY) -m reports build $(ARGS)
+
+collect: setup  ## add result.json files (results/runs, multirun/, or ARGS="runs=DIR") to the store
+	$(PY) -m reports collect $(ARGS)
+
+export: setup  ## results/export/results.{csv,parquet} and history.csv
+	$(PY) -m reports export $(ARGS)
 
 clean:  ## remove caches (keeps .venv/ and results)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

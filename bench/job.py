@@ -106,6 +106,7 @@ def measured_config(cfg: Mapping[str, Any], device: torch.device) -> dict[str, A
     keep = ("backbone", "encoder", "decoder", "input", "msda_backend", "precision", "mode", "flops", "timing",
             "energy")
     out = {k: cfg.get(k) for k in keep}
+    out["flops"] = {k: v for k, v in (cfg.get("flops") or {}).items() if k != "cache_dir"}  # where, not what
     out["measure"] = parse_measures(cfg.get("measure", "flops"), device)
     out["device"] = device.type
     return out

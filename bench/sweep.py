@@ -79,21 +79,19 @@ def _value(v: Any) -> str:
 
 
 def expand(fixed: list[str], params: dict[str, str], extra: list[str]) -> list[list[str]]:
-    """All override lists of the grid (Hydra's parser expands sweep syntax; extras may sweep too)."""
+    """All override lists of the grid. Hydra's parser expands the sweep syntax; for each key the last
+    setting wins, in the order: the file's fixed keys, the file's grid, then ``extra`` (so extra
+    overrides narrow or replace an axis of the grid)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    grid = [f"{k}={v}" for k, v in params.items()]
-    axes, singles = [], list(fixed)
-    for ov in parser.parse_overrides(grid + list(extra)):
-        if ov.is_sweep_override():
-            key = ov.get_key_element()
-            axes.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
-        else:
-            singles.append(ov.input_line)
-    keys_swept = {a[0].split("=", 1)[0] for a in axes}
-    singles = [s for s in singles if s.split("=", 1)[0] not in keys_swept]
-    return [singles + list(combo) for combo in itertools.product(*axes)] if axes else [singles]
+    settings: dict[str, list[str]] = {}
+    for ov in parser.parse_overrides(list(fixed) + [f"{k}={v}" for k, v in params.items()] + list(extra)):
+        key = ov.get_key_element()
+        values = [f"{key}={v}" for v in ov.sweep_string_iterator()] if ov.is_sweep_override() else [ov.input_line]
+        settings.pop(key, None)  # re-insert: keeps the order of last setting
+        settings[key] = values
+    return [list(combo) for combo in itertools.product(*settings.values())]
 
 
 def plan(name: str, extra: list[str]) -> list[Job]:

@@ -61,7 +61,8 @@ def test_config_hash_identifies_the_measured_configuration():
     a = job_mod.measured_config(compose(TINY), torch.device("cpu"))
     b = job_mod.measured_config(compose([*TINY, "sweep=other", "seed=3"]), torch.device("cpu"))
     c = job_mod.measured_config(compose([*TINY, "encoder=proscale"]), torch.device("cpu"))
-    assert config_hash(a) == config_hash(b) != config_hash(c)
+    d = job_mod.measured_config(compose([*TINY, "flops.cache_dir=/elsewhere"]), torch.device("cpu"))
+    assert config_hash(a) == config_hash(b) == config_hash(d) != config_hash(c)
 
 
 def test_variant_names():
