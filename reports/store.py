@@ -8,13 +8,14 @@ no attempt succeeded. A failed re-run never replaces a measured row; ``force`` r
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from bench.row import to_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS history (
@@ -23,19 +24,6 @@ CREATE TABLE IF NOT EXISTS results (
     config_hash TEXT PRIMARY KEY, run_id TEXT, status TEXT, sweep TEXT, created_at TEXT, row TEXT);
 CREATE INDEX IF NOT EXISTS history_hash ON history(config_hash);
 """
-
-
-def _json(row: Mapping[str, Any]) -> str:
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, Mapping):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps({k: clean(v) for k, v in row.items()})
 
 
 class ResultStore:
@@ -61,7 +49,7 @@ class ResultStore:
         """Store one row in one transaction; False if this run_id was already collected."""
         if not row.get("run_id") or not row.get("config_hash"):
             raise ValueError("a result row needs run_id and config_hash")
-        blob = _json(row)
+        blob = to_json(row)
         with self.conn:  # BEGIN ... COMMIT
             self.conn.execute("BEGIN IMMEDIATE")
             cur = self.conn.execute(

@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.timing import StageClock  # noqa: E402
+from bench.timing import IterationClock, StageClock  # noqa: E402
 from models import build_model  # noqa: E402
 from models.config import compose  # noqa: E402
 
@@ -34,25 +33,12 @@ SWIN = {"swin_t": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 2
 
 
 def time_forward(fn: Callable[[], object], device: torch.device, iters: int, warmup: int) -> list[float]:
-    """Per-iteration latency (ms) of ``fn``: CUDA events on GPU, synchronised host clock on CPU."""
+    """Per-iteration latency (ms) of ``fn`` after ``warmup`` calls (bench.timing's synchronised clock)."""
+    clock = IterationClock(device)
     for _ in range(warmup):
         fn()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    out = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            out.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t) * 1e3)
-    return out
+    clock.sync()
+    return [clock(fn)[0] for _ in range(iters)]
 
 
 def build_hf(backbone: str, num_labels: int, device: torch.device) -> nn.Module:
