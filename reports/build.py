@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -103,6 +104,8 @@ def pareto_figure(g: pd.DataFrame, x: str, xlabel: str, key: dict, out: Path, na
             ax.annotate(r["variant"], (r[x], y0), fontsize=6, rotation=30, xytext=(2, 2), textcoords="offset points")
     if log:
         ax.set_xscale("log")
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     metric = has["accuracy_metric"].dropna().iloc[0] if has["accuracy_metric"].notna().any() else "PQ"
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{metric} (reported)")
@@ -221,12 +224,15 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_table(t: pd.DataFrame, out: Path, name: str) -> str:
+    """CSV (NaN empty), markdown and LaTeX (NaN as an en dash); returns the markdown."""
     t.to_csv(out / f"{name}.csv", index=False)
-    (out / f"{name}.md").write_text(t.to_markdown(index=False, floatfmt=".3g") + "\n")
-    latex = t.to_latex(index=False, float_format="%.3g", escape=True)
+    shown = t.astype(object).where(t.notna(), "–")
+    md = shown.to_markdown(index=False, floatfmt=".3g")
+    (out / f"{name}.md").write_text(md + "\n")
+    latex = shown.to_latex(index=False, float_format="%.3g", escape=True)
     latex = latex.replace("\\toprule", "\\toprule").replace("\\hline", "\\midrule")
     (out / f"{name}.tex").write_text("% requires \\usepackage{booktabs}\n" + latex)
-    return t.to_markdown(index=False, floatfmt=".3g")
+    return md
 
 
 def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str | None = None) -> dict[str, Any]:
