@@ -197,11 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("name", help=f"sweep name: one of {', '.join(sweep_names())}")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job (may sweep: a,b)")
     ap.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results directory (store, runs, cache)")
-    ap.add_argument("--force", action="store_true", help="re-measure configurations already in the store")
+    ap.add_argument("--force", action="store_true", help="re-measure configurations already in the store "
+                    "(also: force=true)")
     ap.add_argument("--dry-run", action="store_true", help="list the jobs that would run")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per job before it is killed")
     ap.add_argument("--max-jobs", type=int, default=None, help="stop after this many jobs (resume later)")
     args = ap.parse_args(argv)
+    if "force=true" in args.overrides:  # the override spelling of --force (make sweep ARGS="force=true")
+        args.overrides.remove("force=true")
+        args.force = True
     t0 = time.time()
     failed = run_sweep(args.name, args.overrides, args.results, args.force, args.dry_run, args.timeout,
                        args.max_jobs)

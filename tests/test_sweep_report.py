@@ -112,6 +112,11 @@ def test_sweep_end_to_end_resume_and_report(tiny_sweep, tmp_path):
     assert run_sweep(tiny_sweep, [], results) == 0  # nothing left to do
     with ResultStore(results / "results.sqlite") as store:
         assert len(store.rows("history")) == 3
+    from bench.sweep import main as sweep_main
+
+    assert sweep_main([tiny_sweep, "encoder=m2f", "force=true", "--results", str(results)]) == 0  # re-measures
+    with ResultStore(results / "results.sqlite") as store:
+        assert len(store.rows("history")) == 4 and len(store.rows()) == 3
     # the FLOP cache served the shared stages: backbone, decoder and post-processing traced once
     assert len(list((results / "flops_cache").glob("*.json"))) == 3 + 3
     # the report from that store
