@@ -277,6 +277,8 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
                                              int(pcfg.get("active", 3)), device)
     except InvalidConfig as err:
         row.update(status="invalid", error=str(err), valid=False, invalid_reason=str(err))
+        if not row["config_hash"]:  # keyed by the raw config (the measured one could not be resolved)
+            row["config_hash"] = config_hash({k: v for k, v in cfg.items() if k not in ("out_dir", "sweep", "seed")})
     except torch.OutOfMemoryError as err:
         row.update(status="oom", error=f"OutOfMemoryError: {err}"[:2000], valid=False)
     except Exception as err:  # a failed job is a row, not a crash: the sweep goes on

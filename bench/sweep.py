@@ -94,11 +94,18 @@ def expand(fixed: list[str], params: dict[str, str], extra: list[str]) -> list[l
     return [list(combo) for combo in itertools.product(*settings.values())]
 
 
-def plan(name: str, extra: list[str]) -> list[Job]:
-    """Compose every job's config (fails fast on bad overrides) and its config_hash."""
+def hash_device(requested: str):
+    """The device a job will resolve to (as ``python -m bench`` does), for its ``config_hash``."""
     import torch
 
-    from bench.job import measured_config, resolve_device, variant_name
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested if requested in ("cpu", "cuda") else "cpu")
+
+
+def plan(name: str, extra: list[str]) -> list[Job]:
+    """Compose every job's config (fails fast on bad overrides) and its config_hash."""
+    from bench.job import measured_config, variant_name
     from bench.row import config_hash
     from models.build import to_dict
     from models.config import compose
@@ -107,8 +114,7 @@ def plan(name: str, extra: list[str]) -> list[Job]:
     jobs = []
     for i, overrides in enumerate(expand([f"sweep={sweep_path(name).stem}", *fixed], params, extra)):
         cfg = to_dict(compose(overrides))
-        device = resolve_device(cfg.get("device", "auto")) if cfg.get("device") != "cuda" or \
-            torch.cuda.is_available() else torch.device("cuda")
+        device = hash_device(cfg.get("device", "auto"))
         inp = cfg["input"]
         label = (f"{variant_name(cfg['encoder'])} {cfg['backbone']['name']} {inp['name']} {inp['height']}x"
                  f"{inp['width']} b{inp['batch']} {cfg.get('precision')} {cfg.get('mode')}")
@@ -175,6 +181,7 @@ def run_sweep(name: str, extra: list[str], results: Path, force: bool = False, d
     for job in bar:
         bar.set_postfix_str(job.label[:60])
         row = run_one(job, runs / f"{job.index:04d}_{job.config_hash}", results / "flops_cache", timeout)
+        row["config_hash"] = row.get("config_hash") or job.config_hash
         store.add(row, str(runs / f"{job.index:04d}_{job.config_hash}" / "result.json"))
         if row.get("status") != "ok":
             failures.append((job, row))

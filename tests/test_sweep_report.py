@@ -144,10 +144,12 @@ def test_a_job_that_raises_is_failed_and_the_others_complete(tiny_sweep, tmp_pat
     assert failed == 2
     ok = run_sweep(tiny_sweep, ["encoder=m2f"], results)
     assert ok == 0
+    # an invalid option (cudagraph needs CUDA) is an invalid row too, and the sweep goes on
+    assert run_sweep(tiny_sweep, ["encoder=m2f,rt_m2f", "mode=cudagraph", "device=cpu"], results) == 2
     with ResultStore(results / "results.sqlite") as store:
         statuses = sorted(r["status"] for r in store.rows())
         errors = [r["error"] for r in store.rows() if r["status"] == "failed"]
-    assert statuses == ["failed", "failed", "ok"]
+    assert statuses == ["failed", "failed", "invalid", "invalid", "ok"]
     assert all("no timing samples" in e for e in errors)
 
 
