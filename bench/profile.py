@@ -88,15 +88,19 @@ def flops_by_path(model: nn.Module, fn: Callable[[], Any]) -> dict[str, float]:
 
 
 def range_times_ms(prof: Any, names: set[str], cuda: bool, iters: int) -> dict[str, float]:
-    """Per-iteration time of each range: GPU span of its annotation on CUDA, CPU span otherwise."""
+    """Per-iteration time of each range: GPU span of its annotation on CUDA (or, where the trace has
+    no device-side annotation, the kernel time inside the range), CPU span otherwise."""
     totals: dict[str, float] = dict.fromkeys(names, 0.0)
+    kernels: dict[str, float] = dict.fromkeys(names, 0.0)
     for evt in prof.events():
         if evt.name not in totals:
             continue
         on_device = evt.device_type == torch.autograd.DeviceType.CUDA
         if on_device == cuda:
             totals[evt.name] += (evt.device_time if on_device else evt.cpu_time) / 1e3
-    return {k: v / iters for k, v in totals.items()}
+        elif cuda:
+            kernels[evt.name] += evt.device_time_total / 1e3
+    return {k: (totals[k] or kernels[k]) / iters for k in names}
 
 
 def layer_table(times: Mapping[str, float], flops: Mapping[str, float], ranges: Mapping[str, str],
