@@ -15,6 +15,8 @@ coverage figure: counted compute-op calls / all compute-op calls. Nothing is sil
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import time
@@ -266,23 +268,16 @@ class FlopCache:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def key(self, *parts: Any) -> str:
-        import hashlib
-        import json
-
         import fvcore
 
         blob = json.dumps([parts, torch.__version__, getattr(fvcore, "__version__", "")], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def get(self, key: str) -> dict | None:
-        import json
-
         path = self.dir / f"{key}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
     def put(self, key: str, value: dict) -> None:
-        import json
-
         path = self.dir / f"{key}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(value))

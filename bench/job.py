@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import traceback
@@ -184,8 +185,7 @@ def measure_latency(model, images, settings, row: dict[str, Any]) -> None:
     row["gpu_busy_ms"] = gpu_busy_ms(run, cfg.busy_iters) if device.type == "cuda" else math.nan
     if cfg.e2e and settings["mode"] != "cudagraph":
         e2e, _ = make_runner(model, images, settings, postprocess=True)
-        short = TimingConfig(**{**cfg.__dict__, "min_iters": max(cfg.min_iters // 5, 3),
-                                "min_seconds": cfg.min_seconds / 5})
+        short = dataclasses.replace(cfg, min_iters=max(cfg.min_iters // 5, 3), min_seconds=cfg.min_seconds / 5)
         row["latency_ms_e2e_p50"] = summarize(time_loop(e2e, clock, short)[0], images.shape[0])["latency_ms_p50"]
 
 
