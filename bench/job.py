@@ -156,11 +156,17 @@ def make_runner(model: torch.nn.Module, images: torch.Tensor, settings: dict[str
 
 
 def dynamo_graphs() -> int:
-    try:
-        from torch._dynamo.utils import counters
-    except ImportError:
-        return 0
+    """Graphs dynamo has compiled in this process."""
+    from torch._dynamo.utils import counters
+
     return int(counters["stats"].get("unique_graphs", 0))
+
+
+def dynamo_graph_breaks() -> int:
+    """Graph breaks dynamo has met in this process (all reasons)."""
+    from torch._dynamo.utils import counters
+
+    return int(sum(counters["graph_break"].values()))
 
 
 def measure_latency(model, images, settings, row: dict[str, Any]) -> None:
@@ -177,6 +183,7 @@ def measure_latency(model, images, settings, row: dict[str, Any]) -> None:
                timing_seconds=sum(wall) / 1e3, warmup_iters=len(warm), warmup_stable=stable)
     if settings["mode"] == "compile":
         row["recompiles"] = dynamo_graphs() - graphs
+        row["graph_breaks"] = dynamo_graph_breaks()
     if settings["mode"] == "eager":
         stages = {s: m for s, m in model.stage_modules().items() if s in TIMED_STAGES}
         eager_e2e, _ = make_runner(model, images, settings, postprocess=True)

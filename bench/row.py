@@ -31,7 +31,7 @@ SPEED = (["latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean
           "latency_ms_std", "wall_ms_p50", "fps", "latency_ms_e2e_p50", "timing_iters", "timing_seconds",
           "warmup_iters", "warmup_stable"]
          + [f"latency_ms_{s}_p50" for s in TIMED_STAGES]
-         + ["gpu_busy_ms", "compile_seconds", "recompiles"])
+         + ["gpu_busy_ms", "compile_seconds", "recompiles", "graph_breaks"])
 MEMORY = ["mem_peak_alloc_mb", "mem_peak_reserved_mb", "mem_method"]
 ENERGY = ["energy_j_per_img_gross", "energy_j_per_img_net", "power_w_avg", "idle_w", "energy_window_s",
           "energy_images"]
