@@ -147,6 +147,6 @@ class EnergyMeter:
 
 def unavailable(reason: str) -> dict[str, Any]:
     """Energy columns when nothing could be measured: NaN, with the reason."""
-    cols = ("energy_j_per_img_gross", "energy_j_per_img_net", "power_w_avg", "idle_w", "energy_window_s",
-            "energy_images")
-    return {**dict.fromkeys(cols, math.nan), "invalid_reason": f"energy not measured: {reason}"}
+    from bench.row import ENERGY
+
+    return {**dict.fromkeys(ENERGY, math.nan), "invalid_reason": f"energy not measured: {reason}"}

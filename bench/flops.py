@@ -314,11 +314,7 @@ def count_flops(model: nn.Module, images: torch.Tensor, count_attention: bool = 
         def forward() -> None:
             out["dp"] = count_dispatch(model, (images,), paths, root=type(model).__name__)
 
-        mem = None
-        if memory is not None:
-            mem = memory(forward)
-        else:
-            forward()
+        mem = memory(forward) if memory is not None else forward()  # forward() returns None
     finally:
         for h in handles:
             h.remove()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import traceback
@@ -169,10 +170,13 @@ def dynamo_graph_breaks() -> int:
     return int(sum(counters["graph_break"].values()))
 
 
-def measure_latency(model, images, settings, row: dict[str, Any]) -> None:
+Runner = Callable[[bool, str], tuple[Callable[[], Any], dict[str, float]]]
+
+
+def measure_latency(model, images, settings, row: dict[str, Any], runner: Runner) -> None:
     cfg: TimingConfig = settings["timing"]
-    device = settings["device"]
-    run, info = make_runner(model, images, settings, postprocess=False)
+    device, mode = settings["device"], settings["mode"]
+    run, info = runner(False, mode)
     row.update(info)
     clock = IterationClock(device)
     warm, stable = warm_up(run, clock, cfg)
@@ -181,32 +185,31 @@ def measure_latency(model, images, settings, row: dict[str, Any]) -> None:
     row.update(summarize(gpu, images.shape[0], cfg.bootstrap))
     row.update(wall_ms_p50=float(torch.tensor(wall).median()), timing_iters=len(gpu),
                timing_seconds=sum(wall) / 1e3, warmup_iters=len(warm), warmup_stable=stable)
-    if settings["mode"] == "compile":
+    if mode == "compile":
         row["recompiles"] = dynamo_graphs() - graphs
         row["graph_breaks"] = dynamo_graph_breaks()
-    if settings["mode"] == "eager":
+    if mode == "eager":
         stages = {s: m for s, m in model.stage_modules().items() if s in TIMED_STAGES}
-        eager_e2e, _ = make_runner(model, images, settings, postprocess=True)
-        per_stage = stage_latencies(eager_e2e, stages, device, cfg.stage_iters)
+        per_stage = stage_latencies(runner(True, "eager")[0], stages, device, cfg.stage_iters)
         row.update({f"latency_ms_{s}_p50": v for s, v in per_stage.items()})
     row["gpu_busy_ms"] = gpu_busy_ms(run, cfg.busy_iters) if device.type == "cuda" else math.nan
-    if cfg.e2e and settings["mode"] != "cudagraph":
-        e2e, _ = make_runner(model, images, settings, postprocess=True)
+    if cfg.e2e and mode != "cudagraph":
+        e2e, _ = runner(True, mode)
         short = dataclasses.replace(cfg, min_iters=max(cfg.min_iters // 5, 3), min_seconds=cfg.min_seconds / 5)
         row["latency_ms_e2e_p50"] = summarize(time_loop(e2e, clock, short)[0], images.shape[0])["latency_ms_p50"]
 
 
-def measure_energy(model, images, settings, cfg: Mapping[str, Any], row: dict[str, Any]) -> None:
+def measure_energy(images, settings, cfg: Mapping[str, Any], row: dict[str, Any], runner: Runner,
+                   nvml: Any, nvml_reason: str | None) -> None:
     if settings["device"].type != "cuda":
         row.update(energy_mod.unavailable("no CUDA device (NVML energy needs a GPU)"))
         return
-    nvml, reason = energy_mod.load_nvml()
     if nvml is None:
-        row.update(energy_mod.unavailable(reason or "NVML unavailable"))
+        row.update(energy_mod.unavailable(nvml_reason or "NVML unavailable"))
         return
     ecfg = dict(cfg.get("energy") or {})
     meter = energy_mod.EnergyMeter(nvml, int(ecfg.get("gpu_index", 0)), sample_period=ecfg.get("sample_period", 0.1))
-    run, _ = make_runner(model, images, settings, postprocess=False)
+    run, _ = runner(False, settings["mode"])
     clock = IterationClock(settings["device"])
     idle_w = meter.idle_power(ecfg.get("idle_seconds", 3.0), ecfg.get("cooldown_seconds", 2.0))
     warm_up(run, clock, settings["timing"])
@@ -245,7 +248,7 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
         row.update(device=settings["device"].type, measure=",".join(settings["measures"]))
         row["config_hash"] = config_hash(measured_config(cfg, settings["device"]))
         device = settings["device"]
-        nvml = energy_mod.load_nvml()[0] if device.type == "cuda" else None
+        nvml, nvml_reason = energy_mod.load_nvml() if device.type == "cuda" else (None, None)
         row.update(capture(device, nvml, int((cfg.get("energy") or {}).get("gpu_index", 0))))
         row.pop("hostname", None)
         torch.manual_seed(int(cfg.get("seed", 0)))
@@ -260,27 +263,31 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
                                       inp["batch"])
         row["gmacs_analytic_pixel_decoder"] = analytic["pixel_decoder"] / 1e9
         measures = settings["measures"]
+
+        @functools.cache
+        def runner(postprocess: bool, mode: str) -> tuple[Callable[[], Any], dict[str, float]]:
+            """One runner per (post-processing, mode): compiled or captured once per job."""
+            return make_runner(model, images, {**settings, "mode": mode}, postprocess)
+
         fcfg = cfg.get("flops") or {}
         cache = FlopCache(fcfg["cache_dir"]) if fcfg.get("cache_dir") else None
         # memory first (the CPU RSS peak is only meaningful on the first forward of the process); with
         # flops on CPU the counting forward is that forward (the counters hold no tensors)
         shared = "flops" in measures and "memory" in measures and device.type == "cpu"
         if "memory" in measures and not shared:  # one inference: forward + post-processing, on every device
-            run, _ = make_runner(model, images, {**settings, "mode": "eager"}, postprocess=True)
-            row.update(peak_memory(run, device))
+            row.update(peak_memory(runner(True, "eager")[0], device))
         if "flops" in measures:
             row.update(count_flops(model, images, bool(fcfg.get("count_attention", True)), cache,
                                    stage_keys(cfg), (lambda fn: peak_memory(fn, device)) if shared else None))
         if "latency" in measures:
-            measure_latency(model, images, settings, row)
+            measure_latency(model, images, settings, row, runner)
         if "energy" in measures:
-            measure_energy(model, images, settings, cfg, row)
+            measure_energy(images, settings, cfg, row, runner, nvml, nvml_reason)
         if "profile" in measures:
             from bench.profile import profile_model
 
-            run, _ = make_runner(model, images, {**settings, "mode": "eager"}, postprocess=True)
             pcfg = cfg.get("profile") or {}
-            row["artifacts"] = profile_model(model, run, out_dir, int(pcfg.get("warmup", 3)),
+            row["artifacts"] = profile_model(model, runner(True, "eager")[0], out_dir, int(pcfg.get("warmup", 3)),
                                              int(pcfg.get("active", 3)), device)
     except InvalidConfig as err:
         row.update(status="invalid", error=str(err), valid=False, invalid_reason=str(err))

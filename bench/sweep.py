@@ -160,34 +160,34 @@ def run_sweep(name: str, extra: list[str], results: Path, force: bool = False, d
     from reports.store import ResultStore
 
     jobs = plan(name, extra)
-    store = ResultStore(results / "results.sqlite")
-    todo = [j for j in jobs if force or store.status(j.config_hash) != "ok"]
-    print(f"sweep {name}: {len(jobs)} configurations, {len(jobs) - len(todo)} already measured, "
-          f"{len(todo)} to run", file=sys.stderr)
-    if jobs and "auto" in str(jobs[0].config.get("measure")):
-        import torch
+    with ResultStore(results / "results.sqlite") as store:
+        todo = [j for j in jobs if force or store.status(j.config_hash) != "ok"]
+        print(f"sweep {name}: {len(jobs)} configurations, {len(jobs) - len(todo)} already measured, "
+              f"{len(todo)} to run", file=sys.stderr)
+        if jobs and "auto" in str(jobs[0].config.get("measure")):
+            import torch
 
-        if not torch.cuda.is_available():
-            print("no GPU: measuring FLOPs, parameters and memory only (latency and energy need a GPU)",
-                  file=sys.stderr)
-    if dry_run:
-        for j in todo:
-            print(f"{j.config_hash}  {j.label}")
-        return 0
-    failures = []
-    runs = results / "runs" / sweep_path(name).stem
-    bar = tqdm(todo[:max_jobs] if max_jobs else todo, desc=f"sweep {name}", unit="job", file=sys.stderr,
-               dynamic_ncols=True)
-    for job in bar:
-        bar.set_postfix_str(job.label[:60])
-        row = run_one(job, runs / f"{job.index:04d}_{job.config_hash}", results / "flops_cache", timeout)
-        row["config_hash"] = row.get("config_hash") or job.config_hash
-        store.add(row, str(runs / f"{job.index:04d}_{job.config_hash}" / "result.json"))
-        if row.get("status") != "ok":
-            failures.append((job, row))
-            bar.write(f"  {row.get('status')}: {job.label}: {str(row.get('error'))[:200]}")
-    bar.close()
-    store.close()
+            if not torch.cuda.is_available():
+                print("no GPU: measuring FLOPs, parameters and memory only (latency and energy need a GPU)",
+                      file=sys.stderr)
+        if dry_run:
+            for j in todo:
+                print(f"{j.config_hash}  {j.label}")
+            return 0
+        failures = []
+        runs = results / "runs" / sweep_path(name).stem
+        bar = tqdm(todo[:max_jobs] if max_jobs else todo, desc=f"sweep {name}", unit="job", file=sys.stderr,
+                   dynamic_ncols=True)
+        for job in bar:
+            bar.set_postfix_str(job.label[:60])
+            job_dir = runs / f"{job.index:04d}_{job.config_hash}"
+            row = run_one(job, job_dir, results / "flops_cache", timeout)
+            row["config_hash"] = row.get("config_hash") or job.config_hash
+            store.add(row, str(job_dir / "result.json"))
+            if row.get("status") != "ok":
+                failures.append((job, row))
+                bar.write(f"  {row.get('status')}: {job.label}: {str(row.get('error'))[:200]}")
+        bar.close()
     if failures:
         print(f"\n{len(failures)} of {len(todo)} jobs did not succeed:", file=sys.stderr)
         for job, row in failures:

@@ -78,6 +78,14 @@ class ResultStore:
     def frame(self, table: str = "results") -> pd.DataFrame:
         return pd.DataFrame(self.rows(table))
 
+    def _flat(self, table: str) -> pd.DataFrame:
+        """The table as a frame with its mapping columns JSON-encoded (flat files hold no dicts)."""
+        df = self.frame(table)
+        for col in ("unsupported_ops", "artifacts"):
+            if col in df:
+                df[col] = df[col].map(json.dumps)
+        return df
+
     def collect(self, roots: Iterable[Path | str]) -> tuple[int, int]:
         """Add every ``result.json`` under ``roots``; returns (added, already present)."""
         added = seen = 0
@@ -97,15 +105,8 @@ class ResultStore:
         """``results.csv`` and ``results.parquet`` (plus ``history.csv``) in ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        df = self.frame()
-        for col in ("unsupported_ops", "artifacts"):
-            if col in df:
-                df[col] = df[col].map(json.dumps)
+        df, hist = self._flat("results"), self._flat("history")
         df.to_csv(out / "results.csv", index=False)
         df.to_parquet(out / "results.parquet", index=False)
-        hist = self.frame("history")
-        for col in ("unsupported_ops", "artifacts"):
-            if col in hist:
-                hist[col] = hist[col].map(json.dumps)
         hist.to_csv(out / "history.csv", index=False)
         return [out / "results.csv", out / "results.parquet", out / "history.csv"]
