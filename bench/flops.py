@@ -31,6 +31,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+import models.ops  # noqa: F401  (registers torch.ops.encbench.msda, counted below)
+
 aten = torch.ops.aten
 
 # detectron2's FlopCountAnalysis ignore list (elementwise and data-movement ops count as 0)
@@ -72,6 +74,13 @@ def fvcore_sdpa(inputs: list, outputs: list) -> int:
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
+def fvcore_msda(inputs: list, outputs: list) -> int:
+    """encbench::msda(value (N, S, M, D), shapes, locations (N, Lq, M, L, P, 2), weights): 4 MACs per
+    bilinear sample and channel, as fvcore counts the pytorch backend's grid_sample calls."""
+    n, _, m, d = _shape(inputs[0])
+    return 4 * n * m * d * math.prod(_shape(inputs[2])[1:2] + _shape(inputs[2])[3:5])
+
+
 class _Flatten(nn.Module):
     """Traceable wrapper: runs the model and returns its tensors as a flat tuple (as TracingAdapter)."""
 
@@ -111,6 +120,7 @@ def count_fvcore(model: nn.Module, inputs: tuple, stage_paths: Mapping[str, str]
     handles = dict(_DEFAULT_SUPPORTED_OPS)
     if count_attention:
         handles.update({"aten::baddbmm": fvcore_baddbmm, "aten::scaled_dot_product_attention": fvcore_sdpa})
+    handles["encbench::msda"] = fvcore_msda
     analysis = FlopCountAnalysis(_Flatten(model), tuple(inputs))
     analysis.set_op_handle(**{k: counted(k, h) for k, h in handles.items()})
     analysis.set_op_handle(**dict.fromkeys(D2_IGNORED_OPS))
@@ -163,6 +173,12 @@ def sdpa_cpu_flop(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) ->
     return 2 * batch * q_shape[-2] * k_shape[-2] * (q_shape[-1] + v_shape[-1])
 
 
+def msda_flop(value_shape, spatial_shapes, loc_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """The fused MSDA core: what the grid_sample path is counted as (8 FLOPs per sample and channel)."""
+    n, _, m, d = value_shape
+    return 2 * 4 * n * m * d * loc_shape[1] * loc_shape[3] * loc_shape[4]
+
+
 def flop_formulas() -> dict:
     """Formulas added to FlopCounterMode's registry (skipped where torch already has one)."""
     from torch.utils.flop_counter import flop_registry
@@ -172,7 +188,9 @@ def flop_formulas() -> dict:
              aten.native_group_norm: layer_norm_flop, aten._native_batch_norm_legit_no_training: batch_norm_flop,
              aten.native_batch_norm: batch_norm_flop,
              aten._scaled_dot_product_flash_attention_for_cpu: sdpa_cpu_flop}
-    return {k: v for k, v in extra.items() if k not in flop_registry}
+    out = {k: v for k, v in extra.items() if k not in flop_registry}
+    out[torch.ops.encbench.msda] = msda_flop  # registered by models.ops
+    return out
 
 
 class OpCensus(TorchDispatchMode):

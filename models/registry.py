@@ -49,6 +49,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def values(self) -> list[T]:
+        """The registered entries, in name order."""
+        return [self._entries[n] for n in self.names()]
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

@@ -33,7 +33,11 @@ def offset_normalizer(spatial_shapes: tuple[tuple[int, int], ...], device: torch
 def sampling_locations(reference_points: torch.Tensor, offsets: torch.Tensor,
                        spatial_shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
     """reference (N, Lq, L, 2) + offsets (N, Lq, M, L, P, 2) / (W_l, H_l): offsets are in pixels of level l."""
-    normalizer = offset_normalizer(tuple(map(tuple, spatial_shapes)), offsets.device, offsets.dtype)
+    shapes = tuple(map(tuple, spatial_shapes))
+    if torch.compiler.is_compiling():  # a graph constant; the cache is for eager and CUDA-graph capture
+        normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=offsets.dtype, device=offsets.device)
+    else:
+        normalizer = offset_normalizer(shapes, offsets.device, offsets.dtype)
     return reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
 
 

@@ -2,8 +2,9 @@
 
 The core maps value (N, S, M, D), per-level spatial shapes [(H_l, W_l)], sampling locations
 (N, Lq, M, L, P, 2) in [0, 1] (x, y) and attention weights (N, Lq, M, L, P) to (N, Lq, M*D).
-Backend ``pytorch`` is Mask2Former's grid_sample reference (encoders.md 2.2); faster backends
-register themselves here under another name; ``auto`` picks the best one available on a device.
+Backend ``pytorch`` is Mask2Former's grid_sample reference (encoders.md 2.2); ``triton`` (in
+``msda_triton``) is one fused kernel; ``auto`` picks the best backend eligible on a device
+(``triton`` on CUDA when Triton is installed, ``pytorch`` elsewhere).
 """
 
 from __future__ import annotations
@@ -27,17 +28,22 @@ class MSDABackend:
     name: str
     fn: CoreFn
     available: Callable[[torch.device], bool]
-    priority: int = 0  # ``auto`` prefers the highest available priority
+    priority: int = 0  # ``auto`` prefers the highest priority among the eligible backends
+    auto: Callable[[torch.device], bool] | None = None  # where ``auto`` may pick it (default: ``available``)
+
+    def auto_eligible(self, device: torch.device) -> bool:
+        return (self.auto or self.available)(device)
 
 
 MSDA_BACKENDS: Registry[MSDABackend] = Registry("msda_backend")
 
 
-def register_backend(name: str, available: Callable[[torch.device], bool], priority: int = 0):
+def register_backend(name: str, available: Callable[[torch.device], bool], priority: int = 0,
+                     auto: Callable[[torch.device], bool] | None = None):
     """Decorator registering a core function as backend ``name``."""
 
     def deco(fn: CoreFn) -> CoreFn:
-        MSDA_BACKENDS.register(name)(MSDABackend(name, fn, available, priority))
+        MSDA_BACKENDS.register(name)(MSDABackend(name, fn, available, priority, auto))
         return fn
 
     return deco
@@ -49,10 +55,17 @@ def resolve_msda_backend(name: str, device: torch.device | str) -> str:
     if name != "auto":
         backend = MSDA_BACKENDS.get(name)
         if not backend.available(device):
-            raise RuntimeError(f"msda_backend {name!r} is not available on device {device.type!r}")
+            usable = [b.name for b in MSDA_BACKENDS.values() if b.available(device)]
+            hint = " (on CPU it runs only under Triton's interpreter, TRITON_INTERPRET=1)" if name == "triton" else ""
+            raise RuntimeError(f"msda_backend {name!r} is not available on device {device.type!r}{hint}; "
+                               f"available there: {', '.join(usable + ['auto'])}")
         return name
-    usable = [MSDA_BACKENDS.get(n) for n in MSDA_BACKENDS.names() if MSDA_BACKENDS.get(n).available(device)]
-    return max(usable, key=lambda b: b.priority).name
+    best: MSDABackend | None = None
+    for backend in MSDA_BACKENDS.values():  # a plain loop: dynamo traces it to a constant
+        if backend.auto_eligible(device) and (best is None or backend.priority > best.priority):
+            best = backend
+    assert best is not None  # "pytorch" runs everywhere
+    return best.name
 
 
 def msda_core(

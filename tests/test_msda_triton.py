@@ -1,0 +1,168 @@
+"""The triton MSDA backend on CPU through Triton's interpreter: index/weight arithmetic against the
+independent loop, the registry and ``auto``, the custom op (fake tensor, compile, FLOP formulas)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.flops import count_fvcore, flop_formulas
+from models.encoders import ENCODERS
+from models.layers import MSDeformAttn
+from models.ops import MSDA_BACKENDS, msda_core, msda_triton, resolve_msda_backend
+from tests.test_msda import naive_msda
+
+triton = pytest.importorskip("triton")
+interpreter = pytest.mark.skipif(not msda_triton.available(torch.device("cpu")),
+                                 reason="needs TRITON_INTERPRET=1 on CPU")
+
+
+def inputs(shapes, n=2, lq=21, m=2, d=4, p=3, dtype=torch.float32):
+    s = sum(h * w for h, w in shapes)
+    value = torch.randn(n, s, m, d).to(dtype)
+    locations = torch.rand(n, lq, m, len(shapes), p, 2) * 1.6 - 0.3  # many points partly or wholly outside
+    weights = torch.rand(n, lq, m, len(shapes), p)
+    return value, locations, weights
+
+
+@interpreter
+@pytest.mark.parametrize("shapes", [[(4, 4)], [(2, 7), (5, 3)], [(3, 5), (2, 3), (1, 2)],
+                                    [(6, 9), (3, 5), (2, 3), (1, 2)]])
+def test_kernel_matches_naive_loop(shapes):
+    value, locations, weights = inputs(shapes)
+    got = msda_core(value, shapes, locations, weights, backend="triton")
+    ref = naive_msda(value, shapes, locations, weights)
+    assert got.dtype == value.dtype and got.shape == ref.shape
+    assert ((locations < 0) | (locations > 1)).any(), "the test must exercise points outside the maps"
+    torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+@interpreter
+def test_kernel_far_outside_points_extreme_values_and_non_power_of_two_channels():
+    shapes = [(3, 5), (2, 2)]
+    value, locations, weights = inputs(shapes, n=1, lq=7, m=3, d=5, p=2)
+    locations[0, :3] = torch.tensor([1e9, -1e9])  # must not wrap around when converted to integers
+    got = msda_core(value, shapes, locations, weights, backend="triton")
+    assert got[0, :3].abs().max() == 0
+    torch.testing.assert_close(got.double(), naive_msda(value, shapes, locations, weights), atol=1e-5, rtol=1e-5)
+
+
+@interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_kernel_half_inputs_accumulate_in_fp32(dtype):
+    shapes = [(5, 7), (3, 4), (2, 2)]
+    value, locations, weights = inputs(shapes, m=2, d=8, p=4)
+    ref = naive_msda(value.to(dtype).float(), shapes, locations, weights).float()
+    got = msda_core(value.to(dtype), shapes, locations.to(dtype), weights.to(dtype), backend="triton")
+    assert got.dtype == dtype
+    assert ((got.float() - ref).norm() / ref.norm()).item() <= 1e-2
+
+
+@interpreter
+def test_kernel_rejects_too_many_levels_and_handles_empty_queries():
+    shapes = [(2, 2)] * 5
+    value, locations, weights = inputs(shapes)
+    with pytest.raises(ValueError, match="up to 4 levels"):
+        msda_core(value, shapes, locations, weights, backend="triton")
+    value, locations, weights = inputs([(2, 2)], lq=0)
+    assert msda_core(value, [(2, 2)], locations, weights, backend="triton").shape == (2, 0, 8)
+
+
+def test_registry_auto_prefers_triton_on_cuda_only(monkeypatch):
+    assert {"pytorch", "triton"} <= set(MSDA_BACKENDS.names())
+    assert resolve_msda_backend("auto", "cpu") == "pytorch"  # also under the interpreter
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_msda_backend("auto", "cuda") == "triton"
+    monkeypatch.setattr(msda_triton, "TRITON_INSTALLED", False)
+    assert resolve_msda_backend("auto", "cuda") == "pytorch"
+    with pytest.raises(RuntimeError, match="'triton' is not available on device 'cuda'.*available there: pytorch"):
+        resolve_msda_backend("triton", "cuda")
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1.*available there: pytorch, auto"):
+        resolve_msda_backend("triton", "cpu")
+
+
+def test_job_records_the_backend_that_ran(small_cfg, tmp_path, monkeypatch):
+    from bench.job import run_job
+
+    row = run_job(small_cfg("msda_backend=auto", "device=cpu"), tmp_path / "a")
+    assert row["status"] == "ok" and row["msda_backend"] == "pytorch"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    row = run_job(small_cfg("msda_backend=triton", "device=cpu"), tmp_path / "b")
+    assert row["status"] == "invalid" and "TRITON_INTERPRET" in row["error"]
+    row = run_job(small_cfg("msda_backend=cuda_kernel", "device=cpu"), tmp_path / "c")
+    assert row["status"] == "invalid" and "valid choices: pytorch, triton" in row["error"]
+
+
+def _attn_inputs(levels=3):
+    shapes = [(8, 10), (4, 5), (2, 3)][:levels]
+    s = sum(h * w for h, w in shapes)
+    attn = MSDeformAttn(32, levels, 2, 4, backend="triton").eval()
+    with torch.no_grad():
+        attn.sampling_offsets.weight.normal_(0, 0.5)  # spread the points (the init puts them on a ring)
+    query = torch.randn(2, s, 32)
+    return attn, (query, torch.rand(2, s, levels, 2), query, shapes)
+
+
+@interpreter
+def test_custom_op_fake_tensor_and_compile_without_graph_breaks():
+    value, locations, weights = inputs([(3, 5), (2, 3)])
+    torch.library.opcheck(torch.ops.encbench.msda.default, (value, [3, 5, 2, 3], locations, weights),
+                          test_utils=("test_schema", "test_faketensor"))
+    attn, args = _attn_inputs()
+    with torch.no_grad():
+        eager = attn(*args)
+        explained = torch._dynamo.explain(attn)(*args)
+        compiled = torch.compile(attn, fullgraph=True)(*args)
+    assert explained.graph_break_count == 0
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+class Bound(torch.nn.Module):
+    """The attention with its spatial shapes bound (fvcore traces tensors only)."""
+
+    def __init__(self, attn: MSDeformAttn, shapes) -> None:
+        super().__init__()
+        self.attn, self.shapes = attn, shapes
+
+    def forward(self, *tensors):
+        return self.attn(*tensors, self.shapes)
+
+
+@interpreter
+def test_flop_counts_equal_the_pytorch_backend():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = {}
+    for backend in ("pytorch", "triton"):
+        attn, args = _attn_inputs()
+        attn.backend = backend
+        fcm = FlopCounterMode(display=False, custom_mapping=flop_formulas())
+        with torch.no_grad(), fcm:
+            attn(*args)
+        fv = count_fvcore(Bound(attn, args[3]), args[:3], {})
+        counts[backend] = (fcm.get_total_flops(), fv["total"], fv["coverage"])
+    assert counts["triton"] == counts["pytorch"]
+    assert counts["triton"][0] > 2 * counts["triton"][1] * 0.99  # grid_sample/msda FLOPs are in both
+
+
+@interpreter
+@pytest.mark.parametrize("encoder", [("m2f", {}), ("proscale", {"layers": (1, 1, 1)}), ("lite_m2f", {})])
+def test_encoders_equal_across_backends(encoder):
+    """PRO-SCALE's phases use 1, 2 and 3 levels; Lite-M2F attends with a query subset."""
+    name, opts = encoder
+    feats = {k: torch.randn(1, c, 64 // s, 96 // s) for k, c, s in
+             (("res2", 96, 4), ("res3", 192, 8), ("res4", 384, 16), ("res5", 768, 32))}
+    channels = {k: v.shape[1] for k, v in feats.items()}
+    outs = {}
+    for backend in ("pytorch", "triton"):
+        torch.manual_seed(0)
+        model = ENCODERS.get(name)(in_channels=channels, msda_backend=backend, **opts).eval()
+        with torch.no_grad():
+            outs[backend] = model(feats)
+    torch.testing.assert_close(outs["triton"].mask_features, outs["pytorch"].mask_features, atol=1e-4, rtol=1e-4)
+    for a, b in zip(outs["triton"].multi_scale_features, outs["pytorch"].multi_scale_features, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
