@@ -24,8 +24,8 @@ from bench.timing import IterationClock, TimingConfig, gpu_busy_ms, stage_latenc
 
 log = logging.getLogger("bench")
 
-MEASURES = ("flops", "latency", "memory", "energy", "profile")
-ALL = ("flops", "latency", "memory", "energy")
+MEASURES = ("flops", "latency", "memory", "energy", "error", "roofline", "profile")
+ALL = ("flops", "latency", "memory", "energy", "error")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "tf32", "bf16")
 MODES = ("eager", "compile", "cudagraph")
@@ -41,11 +41,11 @@ def _choice(key: str, value: Any, valid: tuple[str, ...]) -> str:
     return value
 
 
-AUTO_CPU = ("flops", "memory")
+AUTO_CPU = ("flops", "memory", "error")
 
 
 def parse_measures(value: Any, device: torch.device | None = None) -> list[str]:
-    """``measure`` as a list: a name, ``all``, ``auto`` (all on CUDA; flops+memory on CPU), a list,
+    """``measure`` as a list: a name, ``all``, ``auto`` (all on CUDA; flops+memory+error on CPU), a list,
     or a comma-separated string."""
     items = list(value) if isinstance(value, list | tuple) else str(value).split(",")
     out: list[str] = []
@@ -78,12 +78,23 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     settings = {"measures": parse_measures(cfg.get("measure", "flops"), device), "device": device,
                 "precision": _choice("precision", cfg.get("precision", "fp32"), PRECISIONS),
                 "mode": _choice("mode", cfg.get("mode", "eager"), MODES),
-                "timing": _timing(cfg.get("timing"))}
+                "timing": _timing(cfg.get("timing")),
+                "msda_backend": _msda_backend(cfg.get("msda_backend", "pytorch"), device)}
     if settings["mode"] == "cudagraph" and settings["device"].type != "cuda":
         raise InvalidConfig("mode=cudagraph needs device=cuda (CUDA-graph replay)")
     if "energy" in settings["measures"] and settings["device"].type != "cuda" and cfg.get("measure") != "all":
         log.warning("measure=energy on %s: energy columns will be NaN", settings["device"])
     return settings
+
+
+def _msda_backend(name: str, device: torch.device) -> str:
+    """The MSDA backend that runs on ``device`` (``auto`` resolved); unknown or unavailable -> invalid."""
+    from models.ops import resolve_msda_backend
+
+    try:
+        return resolve_msda_backend(str(name), device)
+    except (KeyError, RuntimeError) as err:
+        raise InvalidConfig(str(err)) from err
 
 
 def _timing(value: Any) -> TimingConfig:
@@ -116,43 +127,64 @@ def measured_config(cfg: Mapping[str, Any], device: torch.device) -> dict[str, A
 
 def make_runner(model: torch.nn.Module, images: torch.Tensor, settings: dict[str, Any], postprocess: bool
                 ) -> tuple[Callable[[], Any], dict[str, float]]:
-    """The callable that one timed iteration runs, for the configured mode and precision."""
+    """The callable that one timed iteration of the whole model runs, for the configured mode and precision."""
+    if postprocess and settings["mode"] == "cudagraph":
+        log.warning("mode=cudagraph replays the forward only; post-processing is not captured")
+    return mode_runner(model, lambda m, x: m(x, postprocess=postprocess and settings["mode"] != "cudagraph"),
+                       images, settings)
+
+
+def pixel_decoder_runner(model: torch.nn.Module, images: torch.Tensor, settings: dict[str, Any]
+                         ) -> tuple[Callable[[], Any], dict[str, float]]:
+    """The pixel decoder alone on fixed backbone features, in the configured mode and precision."""
+    with torch.no_grad(), precision_context(settings["precision"], settings["device"]):
+        features = model.backbone(model.preprocess(images))
+    return mode_runner(model.pixel_decoder, lambda m, f: m(f), features, settings)
+
+
+def _clone(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.clone()
+    return {k: v.clone() for k, v in obj.items()} if isinstance(obj, Mapping) else obj
+
+
+def mode_runner(module: torch.nn.Module, call: Callable[[Any, Any], Any], inputs: Any, settings: dict[str, Any]
+                ) -> tuple[Callable[[], Any], dict[str, float]]:
+    """``call(module, inputs)`` as one iteration: eager, ``torch.compile``d (compiled here, once, timed in
+    ``compile_seconds``) or captured into a CUDA graph at fixed shapes and replayed."""
     device, info = settings["device"], {}
     amp = precision_context(settings["precision"], device)
-
-    def eager() -> Any:
-        with torch.inference_mode(), amp:
-            return model(images, postprocess=postprocess)
-
     if settings["mode"] == "eager":
+        def eager() -> Any:
+            with torch.inference_mode(), amp:
+                return call(module, inputs)
+
         return eager, info
     if settings["mode"] == "compile":
         import time
 
-        compiled = torch.compile(model)
+        compiled = torch.compile(module)
 
         def run() -> Any:
             with torch.no_grad(), amp:
-                return compiled(images, postprocess=postprocess)
+                return call(compiled, inputs)
 
         t0 = time.perf_counter()
         run()
         IterationClock(device).sync()
         info["compile_seconds"] = time.perf_counter() - t0
         return run, info
-    # cudagraph: capture one forward at fixed shapes, replay it
-    static = images.clone()
+    # cudagraph: warm up on a side stream, capture one call at fixed shapes, replay it
+    static = _clone(inputs)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream), torch.no_grad(), amp:
         for _ in range(3):
-            model(static, postprocess=False)
+            call(module, static)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph), torch.no_grad(), amp:
-        model(static, postprocess=False)
-    if postprocess:
-        log.warning("mode=cudagraph replays the forward only; post-processing is not captured")
+        call(module, static)
     return graph.replay, info
 
 
@@ -193,10 +225,50 @@ def measure_latency(model, images, settings, row: dict[str, Any], runner: Runner
         per_stage = stage_latencies(runner(True, "eager")[0], stages, device, cfg.stage_iters)
         row.update({f"latency_ms_{s}_p50": v for s, v in per_stage.items()})
     row["gpu_busy_ms"] = gpu_busy_ms(run, cfg.busy_iters) if device.type == "cuda" else math.nan
+    if cfg.pixel_decoder_alone:
+        alone, alone_info = pixel_decoder_runner(model, images, settings)
+        if "compile_seconds" in alone_info:
+            row["compile_seconds"] += alone_info["compile_seconds"]
+        row["latency_ms_pixel_decoder_alone_p50"] = summarize(_short_loop(alone, clock, cfg), images.shape[0]
+                                                              )["latency_ms_p50"]
     if cfg.e2e and mode != "cudagraph":
         e2e, _ = runner(True, mode)
-        short = dataclasses.replace(cfg, min_iters=max(cfg.min_iters // 5, 3), min_seconds=cfg.min_seconds / 5)
-        row["latency_ms_e2e_p50"] = summarize(time_loop(e2e, clock, short)[0], images.shape[0])["latency_ms_p50"]
+        row["latency_ms_e2e_p50"] = summarize(_short_loop(e2e, clock, cfg), images.shape[0])["latency_ms_p50"]
+
+
+def _short_loop(run: Callable[[], Any], clock: IterationClock, cfg: TimingConfig) -> list[float]:
+    """A secondary timing (a fifth of the main loop's iterations and seconds) after a short warm-up."""
+    short = dataclasses.replace(cfg, min_iters=max(cfg.min_iters // 5, 3), min_seconds=cfg.min_seconds / 5,
+                                warmup_min_seconds=cfg.warmup_min_seconds / 5)
+    warm_up(run, clock, short)
+    return time_loop(run, clock, short)[0]
+
+
+def measure_roofline(model: torch.nn.Module, settings: dict[str, Any], row: dict[str, Any], runner: Runner
+                     ) -> None:
+    """Floors of the whole forward and the pixel decoder at the measured peaks, and the achieved fractions
+    (against ``latency_ms_p50`` and the pixel decoder's time, when latency was measured in this job)."""
+    from bench.flops import stage_paths
+    from bench.profile import flops_by_path
+    from bench.roofline import measure_ceilings, min_bytes_by_path, roofline_table
+
+    device = settings["device"]
+    ceilings = measure_ceilings(device.type, settings["precision"])
+    fn = runner(False, "eager")[0]
+    paths = {"total": "", "pixel_decoder": stage_paths(model)["pixel_decoder"]}
+    by_path = flops_by_path(model, fn)
+    flops = {k: sum(by_path.get(p, 0.0) for p in ("backbone", "pixel_decoder", "transformer_decoder"))
+             if k == "total" else by_path.get(p, 0.0) for k, p in paths.items()}
+    nbytes = min_bytes_by_path(model, paths, fn)
+    pd_ms = row.get("latency_ms_pixel_decoder_alone_p50")
+    if not pd_ms or math.isnan(pd_ms):
+        pd_ms = row.get("latency_ms_pixel_decoder_p50", math.nan)
+    table = roofline_table(flops, {k: nbytes[p] for k, p in paths.items()},
+                           {"total": row.get("latency_ms_p50", math.nan), "pixel_decoder": pd_ms}, ceilings)
+    row.update(peak_tflops=ceilings["peak_tflops"], peak_gbs=ceilings["peak_gbs"])
+    for key, vals in table.items():
+        row.update({f"mbytes_min_{key}": vals["mbytes_min"], f"floor_ms_{key}": vals["floor_ms"],
+                    f"roofline_frac_{key}": vals["roofline_frac"]})
 
 
 def measure_energy(images, settings, cfg: Mapping[str, Any], row: dict[str, Any], runner: Runner,
@@ -231,6 +303,7 @@ def fill_config_columns(row: dict[str, Any], cfg: Mapping[str, Any]) -> None:
                backbone=(cfg.get("backbone") or {}).get("name"), dataset=inp.get("name"), height=inp.get("height"),
                width=inp.get("width"), batch=inp.get("batch"), precision=cfg.get("precision"), mode=cfg.get("mode"),
                device=cfg.get("device"), msda_backend=cfg.get("msda_backend", "pytorch"), sweep=cfg.get("sweep"),
+               force_fp32=bool(enc.get("force_fp32", True)),
                measure=",".join(map(str, measure)) if isinstance(measure, list | tuple) else measure)
 
 
@@ -245,7 +318,8 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
     fill_config_columns(row, cfg)
     try:
         settings = validate(cfg)
-        row.update(device=settings["device"].type, measure=",".join(settings["measures"]))
+        row.update(device=settings["device"].type, measure=",".join(settings["measures"]),
+                   msda_backend=settings["msda_backend"])  # the backend that ran, not the one asked for
         row["config_hash"] = config_hash(measured_config(cfg, settings["device"]))
         device = settings["device"]
         nvml, nvml_reason = energy_mod.load_nvml() if device.type == "cuda" else (None, None)
@@ -279,8 +353,14 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
         if "flops" in measures:
             row.update(count_flops(model, images, bool(fcfg.get("count_attention", True)), cache,
                                    stage_keys(cfg), (lambda fn: peak_memory(fn, device)) if shared else None))
+        if "error" in measures:  # before any runner exists: it switches the TF32 flags and restores them
+            from bench.precision import output_error
+
+            row.update(output_error(model, images, settings["precision"], precision_context))
         if "latency" in measures:
             measure_latency(model, images, settings, row, runner)
+        if "roofline" in measures:
+            measure_roofline(model, settings, row, runner)
         if "energy" in measures:
             measure_energy(images, settings, cfg, row, runner, nvml, nvml_reason)
         if "profile" in measures:
@@ -288,7 +368,7 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
 
             pcfg = cfg.get("profile") or {}
             row["artifacts"] = profile_model(model, runner(True, "eager")[0], out_dir, int(pcfg.get("warmup", 3)),
-                                             int(pcfg.get("active", 3)), device)
+                                             int(pcfg.get("active", 3)), device, settings["precision"])
     except InvalidConfig as err:
         row.update(status="invalid", error=str(err), valid=False, invalid_reason=str(err))
         if not row["config_hash"]:  # keyed by the raw config (the measured one could not be resolved)

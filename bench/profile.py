@@ -4,7 +4,9 @@ Ranges are opened by forward hooks (models know nothing of measurement): one per
 sub-stage, one per encoder layer (or RT-M2F block) and one per decoder sub-layer. Outputs, under
 ``<job dir>/profile/``: ``trace.json.gz`` (Chrome trace, opens in Perfetto), ``tb/`` (TensorBoard
 trace directory), ``layers.csv`` and ``layers.md``: per range the time per iteration (CUDA time on
-GPU, CPU time otherwise), its share of the whole model, its MACs and the achieved TFLOP/s.
+GPU, CPU time otherwise), its share of the whole model, its MACs, the achieved TFLOP/s and the
+roofline columns of ``bench.roofline`` (minimum MB moved, floor ms at the measured peaks, whether
+compute or memory bounds it, the achieved fraction of that floor).
 Profiling never runs inside a timed or energy window: the job runs it last.
 """
 
@@ -23,6 +25,7 @@ from torch.autograd.profiler import record_function
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.flops import flop_formulas, stage_paths
+from bench.roofline import measure_ceilings, min_bytes_by_path, roofline_table
 
 TOP_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
 
@@ -104,19 +107,24 @@ def range_times_ms(prof: Any, names: set[str], cuda: bool, iters: int) -> dict[s
 
 
 def layer_table(times: Mapping[str, float], flops: Mapping[str, float], ranges: Mapping[str, str],
-                time_kind: str) -> pd.DataFrame:
-    """One row per range: time, share of the model total, G-MACs, achieved TFLOP/s."""
+                time_kind: str, nbytes: Mapping[str, int] | None = None,
+                ceilings: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """One row per range: time, share of the model total, G-MACs, achieved TFLOP/s and, with bytes and
+    ceilings, the roofline columns (minimum MB moved, floor ms, bound, achieved fraction of the floor)."""
     total = sum(times[s] for s in TOP_STAGES if s in times)
     rows = []
     for name, path in ranges.items():
         t, f = times.get(name, float("nan")), flops.get(path, 0.0)
-        rows.append({"range": name, "module": path, f"{time_kind}_time_ms": t, "share": t / total if total else
-                     float("nan"), "gmacs": f / 2e9, "achieved_tflops": f / (t * 1e9) if t > 0 else float("nan")})
+        row = {"range": name, "module": path, f"{time_kind}_time_ms": t, "share": t / total if total else
+               float("nan"), "gmacs": f / 2e9, "achieved_tflops": f / (t * 1e9) if t > 0 else float("nan")}
+        if nbytes is not None and ceilings is not None:
+            row.update(roofline_table({path: f}, {path: nbytes.get(path, 0)}, {path: t}, ceilings)[path])
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
 def profile_model(model: nn.Module, fn: Callable[[], Any], out_dir: Path, warmup: int = 3, active: int = 3,
-                  device: torch.device | None = None) -> dict[str, Any]:
+                  device: torch.device | None = None, precision: str = "fp32") -> dict[str, Any]:
     """Profile ``fn`` (one model call) and write the trace, TensorBoard directory and layer tables."""
     import os
     import socket
@@ -131,6 +139,8 @@ def profile_model(model: nn.Module, fn: Callable[[], Any], out_dir: Path, warmup
     (out_dir / "tb").mkdir(parents=True)
     ranges = profile_ranges(model)
     flops = flops_by_path(model, fn)
+    nbytes = min_bytes_by_path(model, ranges, fn)
+    ceilings = measure_ceilings(device.type, precision)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     trace_json = out_dir / "trace.json"
 
@@ -151,7 +161,7 @@ def profile_model(model: nn.Module, fn: Callable[[], Any], out_dir: Path, warmup
         shutil.copyfileobj(src, dst)
     trace_json.unlink()
     kind = "cuda" if cuda else "cpu"
-    table = layer_table(range_times_ms(prof, set(ranges), cuda, active), flops, ranges, kind)
+    table = layer_table(range_times_ms(prof, set(ranges), cuda, active), flops, ranges, kind, nbytes, ceilings)
     table.to_csv(out_dir / "layers.csv", index=False)
     (out_dir / "layers.md").write_text(table.to_markdown(index=False, floatfmt=".3f") + "\n")
     return {"profile_dir": str(out_dir), "trace": str(out_dir / "trace.json.gz"), "tensorboard": str(out_dir / "tb"),

@@ -20,8 +20,8 @@ TIMED_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess
 STATUSES = ("ok", "failed", "oom", "skipped", "invalid")
 
 IDENTITY = ["run_id", "config_hash", "sweep", "created_at", "git_commit", "status", "error", "measure"]
-CONFIG = ["encoder", "variant", "backbone", "dataset", "height", "width", "batch", "precision", "mode", "device",
-          "msda_backend"]
+CONFIG = ["encoder", "variant", "backbone", "dataset", "height", "width", "batch", "precision", "force_fp32", "mode",
+          "device", "msda_backend"]
 SIZE = (["params_total"] + [f"params_{s}" for s in STAGES]
         + ["gmacs_total"] + [f"gmacs_{s}" for s in STAGES]
         + ["gflops_total"] + [f"gflops_{s}" for s in STAGES]
@@ -30,15 +30,18 @@ SIZE = (["params_total"] + [f"params_{s}" for s in STAGES]
 SPEED = (["latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_ci95",
           "latency_ms_std", "wall_ms_p50", "fps", "latency_ms_e2e_p50", "timing_iters", "timing_seconds",
           "warmup_iters", "warmup_stable"]
-         + [f"latency_ms_{s}_p50" for s in TIMED_STAGES]
+         + [f"latency_ms_{s}_p50" for s in TIMED_STAGES] + ["latency_ms_pixel_decoder_alone_p50"]
          + ["gpu_busy_ms", "compile_seconds", "recompiles", "graph_breaks"])
+ROOFLINE = ["peak_tflops", "peak_gbs", "mbytes_min_total", "floor_ms_total", "roofline_frac_total",
+            "mbytes_min_pixel_decoder", "floor_ms_pixel_decoder", "roofline_frac_pixel_decoder"]
+ACCURACY = ["err_mask_features_rel", "err_pred_logits_rel", "err_pred_masks_rel", "mask_agreement"]
 MEMORY = ["mem_peak_alloc_mb", "mem_peak_reserved_mb", "mem_method"]
 ENERGY = ["energy_j_per_img_gross", "energy_j_per_img_net", "power_w_avg", "idle_w", "energy_window_s",
           "energy_images"]
 ENVIRONMENT = ["gpu_name", "driver", "torch_version", "cuda_version", "transformers_version", "cpu_name",
                "num_threads", "sm_clock_mhz_min", "sm_clock_mhz_max", "temp_c_start", "temp_c_end",
                "throttle_reasons", "valid", "invalid_reason", "artifacts"]
-COLUMNS = IDENTITY + CONFIG + SIZE + SPEED + MEMORY + ENERGY + ENVIRONMENT
+COLUMNS = IDENTITY + CONFIG + SIZE + SPEED + ROOFLINE + ACCURACY + MEMORY + ENERGY + ENVIRONMENT
 STRING_COLUMNS = {"run_id", "config_hash", "sweep", "created_at", "git_commit", "status", "error", "measure",
                   "encoder", "variant", "backbone", "dataset", "precision", "mode", "device", "msda_backend",
                   "mem_method", "gpu_name", "driver", "torch_version", "cuda_version", "transformers_version",

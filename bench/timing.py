@@ -32,6 +32,7 @@ class TimingConfig:
     stage_iters: int = 20
     busy_iters: int = 5
     e2e: bool = True
+    pixel_decoder_alone: bool = True
     bootstrap: int = 2000
 
     @classmethod

@@ -74,10 +74,12 @@ def test_variant_names():
 
 
 def test_measure_parsing():
-    assert parse_measures("all") == ["flops", "latency", "memory", "energy"]
+    assert parse_measures("all") == ["flops", "latency", "memory", "energy", "error"]
+    assert parse_measures("auto", torch.device("cpu")) == ["flops", "memory", "error"]
     assert parse_measures(["flops", "memory"]) == ["flops", "memory"]
     assert parse_measures("flops,profile") == ["flops", "profile"]
-    with pytest.raises(job_mod.InvalidConfig, match="valid choices: flops, latency, memory, energy, profile, all"):
+    valid = "valid choices: flops, latency, memory, energy, error, roofline, profile, all"
+    with pytest.raises(job_mod.InvalidConfig, match=valid):
         parse_measures("speed")
 
 
@@ -153,3 +155,7 @@ def test_profile_on_cpu_writes_trace_and_layer_table(tmp_path):
     assert "pixel_decoder.layer00" in {e.get("name") for e in trace["traceEvents"]}
     assert any(Path(art["tensorboard"]).iterdir())
     assert "| range" in Path(art["layers_md"]).read_text()
+    # roofline columns: bytes grow with the phase's tokens; the floor never exceeds the measured time by much
+    roof = table.set_index("range").loc[[f"pixel_decoder.layer{i:02d}" for i in range(3)]]
+    assert (roof["mbytes_min"].diff().dropna() > 0).all() and set(table["bound"]) <= {"compute", "memory"}
+    assert (table["floor_ms"] > 0).all() and (table["roofline_frac"].dropna() > 0).all()
