@@ -27,7 +27,10 @@ import pandas as pd  # noqa: E402
 from reports.pareto import front_steps, pareto_mask  # noqa: E402
 
 ACCURACY = Path(__file__).with_name("accuracy.csv")
-GROUP = ["hardware", "device", "precision", "mode", "batch", "resolution", "dataset", "backbone"]
+GROUP = ["hardware", "device", "precision", "mode", "msda_backend", "batch", "resolution", "dataset", "backbone"]
+# the fast-path section compares execution configurations within one measured setting
+SETTING = ["hardware", "device", "batch", "resolution", "dataset", "backbone"]
+EXECUTION = ["msda_backend", "mode", "precision", "force_fp32"]
 STAGES = ["backbone", "pixel_decoder", "transformer_decoder", "postprocess"]
 
 
@@ -56,14 +59,18 @@ def prepare(rows: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
     df["hardware"] = np.where(df["device"] == "cuda", df.get("gpu_name"), df.get("cpu_name"))
     df["hardware"] = df["hardware"].fillna(df["device"])
     df["resolution"] = df["height"].astype(int).astype(str) + "x" + df["width"].astype(int).astype(str)
+    # the pixel decoder's time: timed alone (every mode) where measured, else the eager stage time
+    df["pd_latency_ms"] = df["latency_ms_pixel_decoder_alone_p50"].fillna(df["latency_ms_pixel_decoder_p50"])
+    df["force_fp32"] = df["force_fp32"].fillna(True).astype(bool)
     acc = accuracy.rename(columns={"value": "accuracy_reported", "metric": "accuracy_metric",
                                   "source": "accuracy_source", "note": "accuracy_note"})
     return df.merge(acc, how="left", on=["dataset", "backbone", "variant"])
 
 
 def stamp(fig: plt.Figure, key: dict[str, Any]) -> None:
-    text = (f"{key.get('hardware')} ({key.get('device')}) | precision {key.get('precision')}, mode {key.get('mode')} | "
-            f"batch {key.get('batch')} | {key.get('resolution')} {key.get('dataset')} | backbone {key.get('backbone')}")
+    text = (f"{key.get('hardware')} ({key.get('device')}) | precision {key.get('precision')}, mode {key.get('mode')}, "
+            f"msda {key.get('msda_backend')} | batch {key.get('batch')} | {key.get('resolution')} "
+            f"{key.get('dataset')} | backbone {key.get('backbone')}")
     fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
 
 
@@ -76,7 +83,8 @@ def save(fig: plt.Figure, out: Path, name: str) -> str:
 
 
 def slug(key: dict[str, Any]) -> str:
-    raw = "_".join(str(key[k]) for k in ("dataset", "backbone", "resolution", "batch", "precision", "mode", "device"))
+    raw = "_".join(str(key[k]) for k in ("dataset", "backbone", "resolution", "batch", "precision", "mode",
+                                         "msda_backend", "device") if k in key)
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in raw)
 
 
@@ -115,7 +123,7 @@ def pareto_figure(g: pd.DataFrame, x: str, xlabel: str, key: dict, out: Path, na
     return save(fig, out, name)
 
 
-def speed_conversion(g: pd.DataFrame, lat: str = "latency_ms_pixel_decoder_p50", macs: str = "gmacs_pixel_decoder"
+def speed_conversion(g: pd.DataFrame, lat: str = "pd_latency_ms", macs: str = "gmacs_pixel_decoder"
                      ) -> pd.DataFrame:
     """Per variant: latency and MAC reductions vs M2F, and their ratio (how much saving became speed)."""
     base = g[g["encoder"] == "m2f"]
@@ -127,6 +135,85 @@ def speed_conversion(g: pd.DataFrame, lat: str = "latency_ms_pixel_decoder_p50",
     t["latency_reduction"] = 1 - t[lat] / b[lat]
     t["speed_conversion"] = t["latency_reduction"] / t["mac_reduction"].where(t["mac_reduction"].abs() > 1e-9)
     return t
+
+
+FAST_COLUMNS = {
+    "variant": "variant", "msda_backend": "backend", "mode": "mode", "precision": "precision",
+    "force_fp32": "pixdec fp32", "gmacs_pixel_decoder": "pixdec G-MACs", "pd_latency_ms": "pixdec ms",
+    "latency_ms_p50": "model ms", "energy_j_per_img_net": "J/img net", "mac_reduction": "MAC red. vs M2F",
+    "latency_reduction": "latency red. vs M2F", "speed_conversion": "speed conversion",
+    "speedup_vs_reference": "pixdec speed-up vs M2F pytorch eager fp32",
+    "roofline_frac_pixel_decoder": "pixdec roofline frac",
+    "err_mask_features_rel": "mask-feature rel. err",
+}
+
+
+def fast_path_table(g: pd.DataFrame) -> pd.DataFrame:
+    """One measured setting: every variant x execution configuration, with the speed conversion against M2F
+    under the same configuration and the speed-up against M2F's reference configuration (pytorch, eager, fp32)."""
+    parts = []
+    for _, h in g.groupby(EXECUTION, dropna=False):
+        conv = speed_conversion(h)
+        if conv.empty:
+            continue
+        parts.append(h.drop(columns=["mac_reduction", "latency_reduction", "speed_conversion"], errors="ignore")
+                     .assign(**conv[["mac_reduction", "latency_reduction", "speed_conversion"]]))
+    if not parts:
+        return pd.DataFrame()
+    t = pd.concat(parts)
+    computed = ["mac_reduction", "latency_reduction", "speed_conversion"]
+    t[computed] = t[computed].astype(float)
+    ref = t[(t["encoder"] == "m2f") & (t["msda_backend"] == "pytorch") & (t["mode"] == "eager")
+            & (t["precision"] == "fp32")]
+    t["speedup_vs_reference"] = ref["pd_latency_ms"].iloc[0] / t["pd_latency_ms"] if len(ref) else math.nan
+    t = t.sort_values(["variant", "pd_latency_ms"])
+    return t[[c for c in FAST_COLUMNS if c in t]].rename(columns=FAST_COLUMNS)
+
+
+def conversion_figure(t: pd.DataFrame, key: dict, out: Path, name: str) -> str | None:
+    """Latency reduction vs MAC reduction, one point per variant and configuration; the diagonal is full conversion."""
+    d = t.dropna(subset=["MAC red. vs M2F", "latency red. vs M2F"])
+    d = d[d["MAC red. vs M2F"].abs() > 1e-9]
+    if d.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.8, 4.8))
+    configs = d[["backend", "mode", "precision"]].fillna("n/a").astype(str).agg(" ".join, axis=1)
+    for i, (cfg, sub) in enumerate(d.groupby(configs)):
+        ax.scatter(sub["MAC red. vs M2F"], sub["latency red. vs M2F"], label=cfg, marker="osD^v<>p*"[i % 9])
+        for _, r in sub.iterrows():
+            ax.annotate(r["variant"], (r["MAC red. vs M2F"], r["latency red. vs M2F"]), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points")
+    vals = d[["MAC red. vs M2F", "latency red. vs M2F"]]
+    lo, hi = min(0.0, float(vals.min().min())) - 0.05, max(0.05, float(vals.max().max())) + 0.05
+    ax.plot([lo, hi], [lo, hi], "--", c="0.4", lw=1, label="full conversion (latency cut = MAC cut)")
+    ax.axhline(0, c="0.8", lw=0.8)
+    ax.set_xlabel("pixel-decoder MAC reduction vs M2F (measured)")
+    ax.set_ylabel("pixel-decoder latency reduction vs M2F (measured)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    stamp(fig, {**key, "precision": "per point", "mode": "per point", "msda_backend": "per point"})
+    return save(fig, out, name)
+
+
+def fast_path_section(df: pd.DataFrame, figs: Path, tabs: Path) -> tuple[str, list[str], list[str]] | None:
+    """"Fast path": how much of each MAC saving became pixel-decoder speed, per backend, mode and precision."""
+    files, tables = [], []
+    for key_vals, g in df.dropna(subset=["pd_latency_ms"]).groupby(SETTING, dropna=False):
+        key = dict(zip(SETTING, key_vals, strict=True))
+        t = fast_path_table(g)
+        if t.empty:
+            continue
+        tag = slug(key)
+        header = (f"**{key['dataset']} / {key['backbone']} / {key['resolution']} / batch {key['batch']} / "
+                  f"{key['hardware']}**: speed conversion = latency reduction / MAC reduction, both vs M2F under the "
+                  "same backend, mode and precision (1 = every MAC saved became time saved).\n\n")
+        tables.append(header + write_table(t, tabs, f"fast_path_{tag}"))
+        fig = conversion_figure(t, key, figs, f"conversion_{tag}")
+        if fig:
+            files.append(fig)
+    if not tables:
+        return None
+    return "Fast path: FLOP savings vs speed, per MSDA backend, mode and precision", files, tables
 
 
 def flops_to_speed_figure(g: pd.DataFrame, key: dict, out: Path, name: str, y: str, ylabel: str) -> tuple[str | None,
@@ -198,7 +285,8 @@ MAIN_COLUMNS = {
     "latency_ms_p50": "latency p50 (ms)", "latency_ms_p90": "p90 (ms)", "fps": "FPS (measured)",
     "latency_ms_pixel_decoder_p50": "pixdec (ms)", "gpu_busy_ms": "GPU busy (ms)",
     "mem_peak_alloc_mb": "peak mem (MB)", "energy_j_per_img_net": "J/img net", "energy_j_per_img_gross": "J/img gross",
-    "hardware": "hardware", "precision": "precision", "accuracy_source": "accuracy source",
+    "hardware": "hardware", "precision": "precision", "mode": "mode", "msda_backend": "msda backend",
+    "accuracy_source": "accuracy source",
 }
 
 
@@ -227,7 +315,9 @@ def write_table(t: pd.DataFrame, out: Path, name: str) -> str:
     """CSV (NaN empty), markdown and LaTeX (NaN as an en dash); returns the markdown."""
     t.to_csv(out / f"{name}.csv", index=False)
     shown = t.astype(object).where(t.notna(), "–")
-    md = shown.to_markdown(index=False, floatfmt=".3g")
+    # a column with a NaN is no longer numeric for tabulate: format its floats here (as floatfmt would)
+    shown = shown.apply(lambda col: col.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v))
+    md = shown.to_markdown(index=False)
     (out / f"{name}.md").write_text(md + "\n")
     latex = shown.to_latex(index=False, float_format="%.3g", escape=True)
     latex = latex.replace("\\toprule", "\\toprule").replace("\\hline", "\\midrule")
@@ -278,7 +368,7 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
                  stacked_figure(g, key, figs, f"stages_latency_{tag}", "latency_ms_", "_p50",
                                 "latency per stage, ms (measured)")]
         tables = []
-        lat_fig, rho = flops_to_speed_figure(g, key, figs, f"flops_to_latency_{tag}", "latency_ms_pixel_decoder_p50",
+        lat_fig, rho = flops_to_speed_figure(g, key, figs, f"flops_to_latency_{tag}", "pd_latency_ms",
                                              "pixel-decoder latency, ms (measured)")
         en_fig, _ = flops_to_speed_figure(g, key, figs, f"flops_to_energy_{tag}", "energy_j_per_img_net",
                                           "energy per image, J net (measured)")
@@ -292,6 +382,12 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
         files = [f for f in files if f]
         summary["figures"] += files
         sections.append((title, files, tables))
+    fast = fast_path_section(df, figs, tabs)
+    if fast:
+        sections.append(fast)
+        summary["figures"] += fast[1]
+        summary["tables"] += [f"fast_path_{slug(dict(zip(SETTING, k, strict=True)))}" for k, _ in
+                              df.dropna(subset=["pd_latency_ms"]).groupby(SETTING, dropna=False)]
     for x, label, name in (("pixels", "input pixels", "resolution_scaling"), ("batch", "batch", "batch_scaling")):
         d = df.assign(pixels=df["height"] * df["width"])
         per = ["variant", "backbone", "hardware", "precision"] + (["batch"] if x == "pixels" else ["resolution"])

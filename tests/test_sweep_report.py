@@ -225,3 +225,22 @@ def test_reports_cli_collect_export_build(tmp_path):
     assert (tmp_path / "rep" / "index.html").exists()
     with pytest.raises(SystemExit, match="valid options"):
         main(["report.acc=x"])
+
+
+def test_fast_path_section_compares_within_each_execution_configuration(tmp_path):
+    ref = fake_rows().assign(msda_backend="pytorch")
+    fast = ref.assign(msda_backend="triton", mode="cudagraph", precision="bf16", force_fp32=False,
+                      latency_ms_pixel_decoder_p50=np.nan,  # stage hooks cannot time a captured graph
+                      latency_ms_pixel_decoder_alone_p50=ref["gmacs_pixel_decoder"] / 30)  # time ∝ MACs
+    summary = build_report(pd.concat([ref, fast], ignore_index=True), tmp_path)
+    table = pd.read_csv(next((tmp_path / "tables").glob("fast_path_*.csv")))
+    ps = table[table["variant"] == "proscale(3,3,3)+lpe+trc"].set_index("backend")
+    assert ps.loc["pytorch", "speed conversion"] == pytest.approx((1 - 30 / 39) / (1 - 137 / 285))
+    assert ps.loc["triton", "speed conversion"] == pytest.approx(1.0)  # latency proportional to MACs
+    assert ps.loc["triton", "mode"] == "cudagraph" and not ps.loc["triton", "pixdec fp32"]
+    m2f = table[table["variant"] == "m2f"].set_index("backend")
+    assert m2f.loc["triton", "pixdec speed-up vs M2F pytorch eager fp32"] == pytest.approx(39 / (285 / 30))
+    assert any(f.startswith("conversion_") for f in summary["figures"])
+    # fronts and per-group tables never mix backends
+    assert len(list((tmp_path / "tables").glob("speed_conversion_*.csv"))) == 2
+    assert "Fast path" in (tmp_path / "report.md").read_text()
