@@ -166,3 +166,38 @@ def test_encoders_equal_across_backends(encoder):
     torch.testing.assert_close(outs["triton"].mask_features, outs["pytorch"].mask_features, atol=1e-4, rtol=1e-4)
     for a, b in zip(outs["triton"].multi_scale_features, outs["pytorch"].multi_scale_features, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@interpreter
+def test_gpu_fast_path_script_smoke_run_on_cpu(tmp_path):
+    """The issue-6 GPU command's code path at tiny shapes (the interpreter stands in for the GPU)."""
+    from scripts.gpu_fast_path import main
+
+    summary = main(["--smoke", "--encoders", "m2f", "--out", str(tmp_path)])
+    import pandas as pd
+
+    core = pd.read_csv(tmp_path / "core.csv")
+    assert set(core["backend"]) == {"pytorch", "triton"} and set(core["dtype"]) == {"fp32", "bf16", "fp16"}
+    assert core[core["dtype"] == "fp32"]["max_abs_err"].max() < 1e-5  # triton fp32 equals the pytorch core
+    assert core[core["dtype"] == "bf16"]["rel_err"].max() < 5e-2
+    pdr = pd.read_csv(tmp_path / "pixel_decoder.csv")
+    assert (pdr["status"] == "ok").all() and len(pdr) == 2 * 2  # backends x precisions (eager only)
+    assert pdr[pdr["precision"] == "fp32"]["err_vs_fp32_pytorch"].max() < 1e-5  # triton pixel decoder = pytorch
+    assert summary["fastest_bf16_vs_floor"]["floor_ms"] > 0 and summary["m2f_fastest_fp32_vs_transformers"]["hf_ms"] > 0
+
+
+def test_gpu_fast_path_summary_targets():
+    from scripts.gpu_fast_path import summarize
+
+    rows = [{"encoder": e, "backend": b, "mode": m, "precision": p, "gmacs_pixel_decoder": macs, "ms": ms,
+             "status": "ok"}
+            for e, macs in (("m2f", 100.0), ("ps333", 50.0)) for b in ("pytorch", "triton")
+            for m in ("eager", "cudagraph") for p in ("fp32", "bf16")
+            for ms in [macs / (10 if b == "triton" and m == "cudagraph" else 1) + (0 if b == "triton" else 20)]]
+    core = [{"shapes": "cityscapes", "dtype": "fp32", "backend": "triton", "ms": 0.36, "cuda_kernel_ms_fp32": 0.72}]
+    s = summarize(core, rows, hf_ms=40.0, floor={"floor_ms": 1.0})
+    assert s["core_triton_vs_cuda_kernel_cityscapes"] == pytest.approx(2.0)
+    fastest = s["ps333_conversion_fastest_fp32"]
+    assert (fastest["backend"], fastest["mode"]) == ("triton", "cudagraph") and fastest["conversion"] == 1.0
+    assert s["m2f_fastest_fp32_vs_transformers"]["speedup"] == pytest.approx(4.0)  # 40 ms vs 10 ms
+    assert s["fastest_bf16_vs_floor"]["times_floor"] == pytest.approx(5.0)

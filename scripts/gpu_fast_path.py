@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""Issue-6 GPU check in one call: the MSDA core and the pixel decoders per backend, mode and precision.
+
+1. MSDA core, one 3-level call at Cityscapes (1024x2048: 43,008 queries and values) and COCO
+   (800x1088) shapes, 8 heads x 32 channels, 4 points: ``pytorch`` vs ``triton`` in fp32, bf16 and
+   fp16; error against the fp32 reference; the DRAM and L2-gathered-bytes floors at the measured
+   copy bandwidth; the Deformable-DETR CUDA kernel's times quoted in the issue, for comparison.
+2. Pixel decoders on fixed Swin-T features (1024x2048, batch 1): M2F and PRO-SCALE (3,3,3)+LPE
+   (``--encoders`` for more) x backend x mode (eager, compile, cudagraph) x precision (fp32; bf16
+   with ``force_fp32=false``): latency, output error vs fp32 eager pytorch, speed conversion.
+3. transformers' Mask2Former pixel decoder on the same input (eager fp32), and the bf16 roofline
+   floor of the pixel decoder (FLOPs, compulsory bytes, measured matmul and copy peaks).
+Writes core.csv, pixel_decoder.csv and summary.json under ``--out``; prints the target table last.
+Stops starting new pixel-decoder configurations after ``--budget`` seconds (and says so).
+
+    python3 scripts/gpu_fast_path.py --out $OUT                        # on the GPU machine
+    TRITON_INTERPRET=1 python scripts/gpu_fast_path.py --smoke --out /tmp/fp   # CPU smoke run (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.job import mode_runner, precision_context  # noqa: E402
+from bench.precision import relative_error  # noqa: E402
+from bench.roofline import floor_ms, measure_ceilings, min_bytes_by_path, msda_floors  # noqa: E402
+from bench.timing import IterationClock, StageClock  # noqa: E402
+from models import build_model  # noqa: E402
+from models.config import compose  # noqa: E402
+from models.ops import msda_core  # noqa: E402
+
+# Deformable-DETR's CUDA kernel (the official Mask2Former/PRO-SCALE op) on the H100, fp32, from issue 6
+CUDA_KERNEL_MS = {"cityscapes": 0.72, "coco": 0.29}
+SHAPES = {"cityscapes": [(32, 64), (64, 128), (128, 256)], "coco": [(25, 34), (50, 68), (100, 136)],
+          "smoke": [(4, 6), (8, 12)]}
+ENCODERS = {"m2f": ["encoder=m2f"], "ps333": ["encoder=proscale_333"], "ps333_nolpe": ["encoder=proscale_333_nolpe"],
+            "ps111": ["encoder=proscale_111"], "ps111_nolpe": ["encoder=proscale_111_nolpe"],
+            "lite": ["encoder=lite_m2f"], "rt": ["encoder=rt_m2f"]}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def median_ms(fn, device: torch.device, iters: int, warmup: int) -> float:
+    clock = IterationClock(device)
+    for _ in range(warmup):
+        fn()
+    clock.sync()
+    return statistics.median(clock(fn)[0] for _ in range(iters))
+
+
+def core_rows(device: torch.device, shapes_names: list[str], iters: int, peak_gbs: float, warmup: int = 5
+              ) -> list[dict]:
+    """The MSDA core: pytorch vs triton, fp32/bf16/fp16, at each shape set."""
+    rows = []
+    for name in shapes_names:
+        shapes = SHAPES[name]
+        s = sum(h * w for h, w in shapes)
+        m, d, p, lvl = 8, 32, 4, len(shapes)
+        g = torch.Generator(device="cpu").manual_seed(0)
+        value = torch.randn(1, s, m, d, generator=g).to(device)
+        loc = (torch.rand(1, s, m, lvl, p, 2, generator=g) * 1.1 - 0.05).to(device)  # some points outside
+        w = torch.rand(1, s, m, lvl, p, generator=g).softmax(-1).to(device)
+        ref = msda_core(value, shapes, loc, w, backend="pytorch")
+        for dt_name, dt in DTYPES.items():
+            args = (value.to(dt), shapes, loc.to(dt), w.to(dt))
+            for backend in ("pytorch", "triton"):
+                out = msda_core(*args, backend=backend)
+                ms = median_ms(lambda a=args, b=backend: msda_core(*a, backend=b), device, iters, warmup)
+                floors = msda_floors(1, s, s, m, d, lvl, p, torch.tensor([], dtype=dt).element_size(), peak_gbs)
+                rows.append({"shapes": name, "queries": s, "dtype": dt_name, "backend": backend, "ms": ms,
+                             "max_abs_err": float((out.float() - ref).abs().max()),
+                             "rel_err": relative_error(out.float(), ref),
+                             "cuda_kernel_ms_fp32": CUDA_KERNEL_MS.get(name, math.nan),
+                             "dram_floor_ms": floors["dram_floor_ms"], "gathered_mb": floors["gathered_mb"],
+                             "gathered_gbs": floors["gathered_mb"] / ms})
+    return rows
+
+
+def pd_features(model, images: torch.Tensor, precision: str) -> dict[str, torch.Tensor]:
+    with torch.no_grad(), precision_context(precision, images.device):
+        return model.backbone(model.preprocess(images))
+
+
+def pixel_decoder_rows(device: torch.device, encoders: list[str], size: tuple[int, int], modes: list[str],
+                       iters: int, budget: float, t0: float, warmup: int = 10) -> tuple[list[dict], list[str]]:
+    """Every encoder x backend x mode x precision on fixed backbone features."""
+    from bench.analytic import pixel_decoder_macs
+    from models.build import to_dict
+
+    rows, skipped = [], []
+    h, w = size
+    images = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(device) * 255
+    for enc in encoders:
+        refs: dict[str, torch.Tensor] = {}
+        for precision in ("fp32", "bf16"):
+            for backend in ("pytorch", "triton"):
+                overrides = [*ENCODERS[enc], "backbone=swin_t", "input=cityscapes", f"input.height={h}",
+                             f"input.width={w}", f"msda_backend={backend}",
+                             f"encoder.force_fp32={str(precision == 'fp32').lower()}"]
+                cfg = compose(overrides)
+                torch.manual_seed(0)
+                model = build_model(cfg).to(device)
+                feats = pd_features(model, images, precision)
+                macs = pixel_decoder_macs(to_dict(cfg)["encoder"], model.backbone.out_channels, h, w, 1)
+                macs = macs["pixel_decoder"]
+                for mode in modes:
+                    key = f"{enc} {backend} {mode} {precision}"
+                    if time.time() - t0 > budget:
+                        skipped.append(key)
+                        continue
+                    row = {"encoder": enc, "backend": backend, "mode": mode, "precision": precision,
+                           "gmacs_pixel_decoder": macs / 1e9}
+                    try:
+                        settings = {"device": device, "precision": precision, "mode": mode}
+                        t1 = time.time()
+                        run, _ = mode_runner(model.pixel_decoder, lambda mod, f: mod(f), feats, settings)
+                        row["setup_s"] = time.time() - t1
+                        row["ms"] = median_ms(run, device, iters, warmup)
+                        with torch.inference_mode(), precision_context(precision, device):
+                            out = model.pixel_decoder(feats).mask_features.float()
+                        if (precision, backend, mode) == ("fp32", "pytorch", "eager"):
+                            refs[enc] = out
+                        row["err_vs_fp32_pytorch"] = relative_error(out, refs[enc]) if enc in refs else math.nan
+                        row["status"] = "ok"
+                    except Exception as err:  # one failed configuration must not lose the others
+                        row.update(status="failed", error=f"{type(err).__name__}: {err}"[:300])
+                    rows.append(row)
+                    print(f"  {key}: {row.get('ms', float('nan')):.2f} ms ({row['status']})", flush=True)
+                del model, feats
+                torch._dynamo.reset()
+    return rows, skipped
+
+
+def hf_pixel_decoder_ms(device: torch.device, size: tuple[int, int], iters: int) -> float:
+    """transformers' Mask2Former pixel decoder (Swin-T, eager fp32), timed by hooks inside its forward."""
+    from scripts.gpu_baseline import build_hf
+
+    hf = build_hf("swin_t", 19, device)
+    x = torch.randn(1, 3, *size, device=device)
+    clock = StageClock({"pd": hf.model.pixel_level_module.decoder}, device)
+    with torch.no_grad():
+        median_ms(lambda: hf(pixel_values=x), device, iters, 5)
+    ms = clock.medians_ms()["pd"]
+    clock.remove()
+    return ms
+
+
+def bf16_floor(device: torch.device, enc: str, size: tuple[int, int], ceilings: dict) -> dict[str, float]:
+    """Roofline floor of one bf16 pixel decoder (force_fp32=false): FLOPs, compulsory bytes, floor ms."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.flops import flop_formulas
+
+    h, w = size
+    cfg = compose([*ENCODERS[enc], "backbone=swin_t", "input=cityscapes", f"input.height={h}", f"input.width={w}",
+                   "encoder.force_fp32=false", f"msda_backend={'triton' if device.type == 'cuda' else 'pytorch'}"])
+    model = build_model(cfg).to(device)
+    images = torch.rand(1, 3, h, w, device=device) * 255
+    feats = pd_features(model, images, "bf16")
+
+    def fn() -> Any:
+        with torch.no_grad(), precision_context("bf16", device):
+            return model.pixel_decoder(feats)
+
+    fcm = FlopCounterMode(display=False, custom_mapping=flop_formulas())
+    with fcm:
+        fn()
+    total_flops = fcm.get_total_flops()
+    nbytes = min_bytes_by_path(model, {"pd": "pixel_decoder"}, fn)["pixel_decoder"]
+    return {"gflops": total_flops / 1e9, "mbytes_min": nbytes / 1e6,
+            "floor_ms": floor_ms(total_flops, nbytes, ceilings)}
+
+
+def summarize(core: list[dict], pd_rows: list[dict], hf_ms: float, floor: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for r in core:
+        if r["dtype"] == "fp32" and r["backend"] == "triton":
+            out[f"core_triton_vs_cuda_kernel_{r['shapes']}"] = r["cuda_kernel_ms_fp32"] / r["ms"]
+            out[f"core_triton_ms_{r['shapes']}"] = r["ms"]
+    ok = [r for r in pd_rows if r.get("status") == "ok"]
+    for precision in ("fp32", "bf16"):
+        conv = []
+        for backend in ("pytorch", "triton"):
+            for mode in ("eager", "compile", "cudagraph"):
+                sel = {r["encoder"]: r for r in ok if (r["backend"], r["mode"], r["precision"]) ==
+                       (backend, mode, precision)}
+                if "m2f" in sel and "ps333" in sel:
+                    mac = 1 - sel["ps333"]["gmacs_pixel_decoder"] / sel["m2f"]["gmacs_pixel_decoder"]
+                    lat = 1 - sel["ps333"]["ms"] / sel["m2f"]["ms"]
+                    conv.append((sel["ps333"]["ms"], backend, mode, lat / mac))
+        if conv:
+            fastest = min(conv)
+            out[f"ps333_conversion_fastest_{precision}"] = {"backend": fastest[1], "mode": fastest[2],
+                                                            "conversion": fastest[3]}
+    m2f = [r for r in ok if r["encoder"] == "m2f"]
+    if m2f and hf_ms == hf_ms:
+        best = min(m2f, key=lambda r: r["ms"] if r["precision"] == "fp32" else math.inf)
+        out["m2f_fastest_fp32_vs_transformers"] = {"ms": best["ms"], "hf_ms": hf_ms, "speedup": hf_ms / best["ms"],
+                                                   "backend": best["backend"], "mode": best["mode"]}
+    bf16 = [r for r in ok if r["precision"] == "bf16"]
+    if bf16 and floor:
+        best = min(bf16, key=lambda r: r["ms"])
+        out["fastest_bf16_vs_floor"] = {"encoder": best["encoder"], "ms": best["ms"], **floor,
+                                        "times_floor": best["ms"] / floor["floor_ms"]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu_fast_path")
+    ap.add_argument("--encoders", nargs="*", default=["m2f", "ps333"], choices=sorted(ENCODERS))
+    ap.add_argument("--budget", type=float, default=480.0, help="seconds after which no new configuration starts")
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, eager only, on whatever device (tests)")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    args.out.mkdir(parents=True, exist_ok=True)
+    size = (64, 96) if args.smoke else (1024, 2048)
+    modes = ["eager"] if args.smoke or device.type != "cuda" else ["eager", "compile", "cudagraph"]
+    iters, warmup = (1, 1) if args.smoke else (args.iters, 10)
+    ceilings = {p: measure_ceilings(device.type, p, *((256, 16) if args.smoke else ())) for p in ("fp32", "bf16")}
+    core = core_rows(device, ["smoke"] if args.smoke else ["cityscapes", "coco"], iters, ceilings["fp32"]["peak_gbs"],
+                     min(warmup, 5))
+    pd_rows, skipped = pixel_decoder_rows(device, args.encoders, size, modes, iters, args.budget, t0, warmup)
+    hf_ms = hf_pixel_decoder_ms(device, size, iters)
+    floor = bf16_floor(device, "ps333" if "ps333" in args.encoders else args.encoders[0], size, ceilings["bf16"])
+    summary = summarize(core, pd_rows, hf_ms, floor)
+    summary.update(device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu", torch=torch.__version__,
+                   ceilings=ceilings, skipped=skipped, seconds=time.time() - t0, size=f"{size[0]}x{size[1]}")
+    import pandas as pd
+
+    pd.DataFrame(core).to_csv(args.out / "core.csv", index=False)
+    pd.DataFrame(pd_rows).to_csv(args.out / "pixel_decoder.csv", index=False)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(pd.DataFrame(core)[["shapes", "dtype", "backend", "ms", "max_abs_err", "rel_err", "dram_floor_ms",
+                                  "gathered_gbs"]].round(4).to_string(index=False))
+        if pd_rows:
+            cols = [c for c in ("encoder", "backend", "mode", "precision", "ms", "err_vs_fp32_pytorch", "status")
+                    if c in pd.DataFrame(pd_rows)]
+            print(pd.DataFrame(pd_rows)[cols].round(4).to_string(index=False))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("ceilings",)}, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
