@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed
 endif
 
-.PHONY: help setup test test-gpu lint gpu-check gpu-measure sweep report profile collect export wheelhouse clean
+.PHONY: help setup test test-gpu lint gpu-check gpu-measure gpu-fast-path sweep report profile collect export wheelhouse clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -41,6 +41,9 @@ gpu-check: setup  ## baseline: our Mask2Former vs transformers', Swin-T 1024x204
 
 gpu-measure: setup  ## measurement-core check on the GPU: 7 encoders + repeat + harness overhead (scripts/gpu_measure.py)
 	$(PY) scripts/gpu_measure.py --out outputs/gpu_measure
+
+gpu-fast-path: setup  ## issue-6 GPU check: MSDA core and pixel decoders per backend/mode/precision (scripts/gpu_fast_path.py)
+	$(PY) scripts/gpu_fast_path.py --out outputs/gpu_fast_path $(ARGS)
 
 wheelhouse:  ## build .whl/: pure-Python wheels the offline GPU machine lacks
 	bash scripts/wheelhouse.sh

@@ -151,7 +151,8 @@ def _clone(obj: Any) -> Any:
 def mode_runner(module: torch.nn.Module, call: Callable[[Any, Any], Any], inputs: Any, settings: dict[str, Any]
                 ) -> tuple[Callable[[], Any], dict[str, float]]:
     """``call(module, inputs)`` as one iteration: eager, ``torch.compile``d (compiled here, once, timed in
-    ``compile_seconds``) or captured into a CUDA graph at fixed shapes and replayed."""
+    ``compile_seconds``) or captured into a CUDA graph at fixed shapes and replayed. Every mode's runner
+    returns the call's outputs (for a graph: its static output buffers)."""
     device, info = settings["device"], {}
     amp = precision_context(settings["precision"], device)
     if settings["mode"] == "eager":
@@ -184,8 +185,13 @@ def mode_runner(module: torch.nn.Module, call: Callable[[Any, Any], Any], inputs
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph), torch.no_grad(), amp:
-        call(module, static)
-    return graph.replay, info
+        captured = call(module, static)
+
+    def replay() -> Any:
+        graph.replay()
+        return captured  # the graph's output buffers, refreshed by each replay
+
+    return replay, info
 
 
 def dynamo_graphs() -> int:

@@ -117,7 +117,8 @@ def plan(name: str, extra: list[str]) -> list[Job]:
         device = hash_device(cfg.get("device", "auto"))
         inp = cfg["input"]
         label = (f"{variant_name(cfg['encoder'])} {cfg['backbone']['name']} {inp['name']} {inp['height']}x"
-                 f"{inp['width']} b{inp['batch']} {cfg.get('precision')} {cfg.get('mode')}")
+                 f"{inp['width']} b{inp['batch']} {cfg.get('precision')} {cfg.get('mode')} "
+                 f"msda={cfg.get('msda_backend', 'pytorch')}")
         jobs.append(Job(i, overrides, cfg, config_hash(measured_config(cfg, device)), label))
     return jobs
 
