@@ -89,18 +89,22 @@ class _Flatten(nn.Module):
         self.model = model
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(_tensors(self.model(*inputs)))
+        return tuple(tensors_in(self.model(*inputs)))
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in nested mappings, lists, tuples and dataclasses."""
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, Mapping):
         for v in obj.values():
-            yield from _tensors(v)
+            yield from tensors_in(v)
     elif isinstance(obj, list | tuple):
         for v in obj:
-            yield from _tensors(v)
+            yield from tensors_in(v)
+    elif hasattr(obj, "__dataclass_fields__"):
+        for name in obj.__dataclass_fields__:
+            yield from tensors_in(getattr(obj, name))
 
 
 def count_fvcore(model: nn.Module, inputs: tuple, stage_paths: Mapping[str, str],
@@ -249,7 +253,7 @@ class _Call(nn.Module):
     def __init__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         super().__init__()
         self.module, self.args, self.kwargs = module, args, kwargs
-        self.tensors = [t for t in _tensors((args, kwargs))]
+        self.tensors = [t for t in tensors_in((args, kwargs))]
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         it = iter(tensors)
@@ -264,7 +268,7 @@ class _Call(nn.Module):
             return obj
 
         args, kwargs = swap(self.args), swap(self.kwargs)
-        return tuple(_tensors(self.module(*args, **kwargs)))
+        return tuple(tensors_in(self.module(*args, **kwargs)))
 
 
 def _signature(obj: Any) -> Any:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.flops import tensors_in
 from bench.timing import IterationClock
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
@@ -61,20 +62,6 @@ def floor_ms(flops: float, nbytes: float, ceilings: Mapping[str, float]) -> floa
     return max(flops / (ceilings["peak_tflops"] * 1e9), nbytes / (ceilings["peak_gbs"] * 1e6))
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, Mapping):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            yield from _tensors(v)
-    elif hasattr(obj, "__dataclass_fields__"):
-        for name in obj.__dataclass_fields__:
-            yield from _tensors(getattr(obj, name))
-
-
 def _nbytes(tensors: Iterator[torch.Tensor]) -> int:
     """Bytes of distinct storages (a view of an input is not read twice)."""
     seen: dict[tuple[int, int], int] = {}
@@ -95,7 +82,7 @@ def min_bytes_by_path(model: nn.Module, paths: Mapping[str, str], fn: Callable[[
     def hook(path: str) -> Callable:
         def record(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             state = list(module.parameters()) + list(module.buffers())
-            totals[path] += _nbytes(iter([*_tensors(args), *_tensors(kwargs), *_tensors(output), *state]))
+            totals[path] += _nbytes(iter([*tensors_in(args), *tensors_in(kwargs), *tensors_in(output), *state]))
         return record
 
     for path in set(paths.values()):

@@ -118,7 +118,8 @@ def plan(name: str, extra: list[str]) -> list[Job]:
         inp = cfg["input"]
         label = (f"{variant_name(cfg['encoder'])} {cfg['backbone']['name']} {inp['name']} {inp['height']}x"
                  f"{inp['width']} b{inp['batch']} {cfg.get('precision')} {cfg.get('mode')} "
-                 f"msda={cfg.get('msda_backend', 'pytorch')}")
+                 f"msda={cfg.get('msda_backend', 'pytorch')}"
+                 + ("" if cfg["encoder"].get("force_fp32", True) else " pixdec-lowp"))
         jobs.append(Job(i, overrides, cfg, config_hash(measured_config(cfg, device)), label))
     return jobs
 
