@@ -261,10 +261,11 @@ def measure_roofline(model: torch.nn.Module, settings: dict[str, Any], row: dict
     device = settings["device"]
     ceilings = measure_ceilings(device.type, settings["precision"])
     fn = runner(False, "eager")[0]
-    paths = {"total": "", "pixel_decoder": stage_paths(model)["pixel_decoder"]}
+    stages = stage_paths(model)
+    paths = {"total": "", "pixel_decoder": stages["pixel_decoder"]}
     by_path = flops_by_path(model, fn)
-    flops = {k: sum(by_path.get(p, 0.0) for p in ("backbone", "pixel_decoder", "transformer_decoder"))
-             if k == "total" else by_path.get(p, 0.0) for k, p in paths.items()}
+    flops = {"total": sum(by_path.get(stages[s], 0.0) for s in ("backbone", "pixel_decoder", "transformer_decoder")),
+             "pixel_decoder": by_path.get(stages["pixel_decoder"], 0.0)}
     nbytes = min_bytes_by_path(model, paths, fn)
     pd_ms = row.get("latency_ms_pixel_decoder_alone_p50")
     if not pd_ms or math.isnan(pd_ms):
@@ -359,7 +360,7 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
         if "flops" in measures:
             row.update(count_flops(model, images, bool(fcfg.get("count_attention", True)), cache,
                                    stage_keys(cfg), (lambda fn: peak_memory(fn, device)) if shared else None))
-        if "error" in measures:  # before any runner exists: it switches the TF32 flags and restores them
+        if "error" in measures:  # switches the TF32 flags for its fp32 reference, then restores the job's
             from bench.precision import output_error
 
             row.update(output_error(model, images, settings["precision"], precision_context))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -72,7 +74,8 @@ def test_modes_run_as_jobs(mode, backend, tmp_path):
                            "timing.e2e=false"]), tmp_path)
     assert row["status"] == "ok", row["error"]
     assert row["msda_backend"] == backend and row["latency_ms_pixel_decoder_alone_p50"] > 0
-    assert 0 < row["roofline_frac_pixel_decoder"] <= 1.0
+    # > 1 is possible here: at 256x512 the working set fits in L2, above the DRAM-copy ceiling
+    assert 0 < row["roofline_frac_pixel_decoder"] < math.inf
     if mode == "compile":
         assert row["compile_seconds"] > 0 and row["recompiles"] == 0 and row["graph_breaks"] == 0
 
