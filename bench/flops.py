@@ -15,6 +15,7 @@ coverage figure: counted compute-op calls / all compute-op calls. Nothing is sil
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -78,7 +79,8 @@ def fvcore_msda(inputs: list, outputs: list) -> int:
     """encbench::msda(value (N, S, M, D), shapes, locations (N, Lq, M, L, P, 2), weights): 4 MACs per
     bilinear sample and channel, as fvcore counts the pytorch backend's grid_sample calls."""
     n, _, m, d = _shape(inputs[0])
-    return 4 * n * m * d * math.prod(_shape(inputs[2])[1:2] + _shape(inputs[2])[3:5])
+    _, lq, _, levels, points, _ = _shape(inputs[2])
+    return 4 * n * m * d * lq * levels * points
 
 
 class _Flatten(nn.Module):
@@ -265,6 +267,8 @@ class _Call(nn.Module):
                 return {k: swap(v) for k, v in obj.items()}
             if isinstance(obj, list | tuple):
                 return type(obj)(swap(v) for v in obj)
+            if hasattr(obj, "__dataclass_fields__"):  # in the order tensors_in visits them
+                return dataclasses.replace(obj, **{f: swap(getattr(obj, f)) for f in obj.__dataclass_fields__})
             return obj
 
         args, kwargs = swap(self.args), swap(self.kwargs)

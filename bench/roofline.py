@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -28,11 +29,12 @@ from bench.timing import IterationClock
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _median_ms(fn: Callable[[], Any], device: torch.device, iters: int) -> float:
+def median_ms(fn: Callable[[], Any], device: torch.device, iters: int, warmup: int = 2) -> float:
+    """Median synchronised time of ``fn`` (CUDA events on GPU) after ``warmup`` calls."""
     clock = IterationClock(device)
-    for _ in range(2):
+    for _ in range(warmup):
         clock(fn)
-    return sorted(clock(fn)[0] for _ in range(iters))[iters // 2]
+    return statistics.median(clock(fn)[0] for _ in range(iters))
 
 
 @functools.cache
@@ -48,10 +50,10 @@ def measure_ceilings(device_type: str, precision: str = "fp32", size: int | None
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     try:
         mats = [torch.randn(size, size, device=device).to(dtype) for _ in range(2)]
-        mm_ms = _median_ms(lambda: torch.mm(*mats), device, 10 if cuda else 5)
+        mm_ms = median_ms(lambda: torch.mm(*mats), device, 10 if cuda else 5)
         src = torch.empty(copy_mb * 2**20 // 4, device=device)
         dst = torch.empty_like(src)
-        copy_ms = _median_ms(lambda: dst.copy_(src), device, 10 if cuda else 5)
+        copy_ms = median_ms(lambda: dst.copy_(src), device, 10 if cuda else 5)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
     return {"peak_tflops": 2 * size**3 / (mm_ms * 1e9), "peak_gbs": 2 * src.numel() * 4 / (copy_ms * 1e6)}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,10 +32,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.job import mode_runner, precision_context  # noqa: E402
+from bench.job import pixel_decoder_runner  # noqa: E402
 from bench.precision import relative_error  # noqa: E402
-from bench.roofline import floor_ms, measure_ceilings, min_bytes_by_path, msda_floors  # noqa: E402
-from bench.timing import IterationClock, StageClock  # noqa: E402
+from bench.roofline import floor_ms, measure_ceilings, median_ms, min_bytes_by_path, msda_floors  # noqa: E402
+from bench.timing import StageClock  # noqa: E402
 from models import build_model  # noqa: E402
 from models.config import compose  # noqa: E402
 from models.ops import msda_core  # noqa: E402
@@ -49,14 +48,6 @@ ENCODERS = {"m2f": ["encoder=m2f"], "ps333": ["encoder=proscale_333"], "ps333_no
             "ps111": ["encoder=proscale_111"], "ps111_nolpe": ["encoder=proscale_111_nolpe"],
             "lite": ["encoder=lite_m2f"], "rt": ["encoder=rt_m2f"]}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def median_ms(fn, device: torch.device, iters: int, warmup: int) -> float:
-    clock = IterationClock(device)
-    for _ in range(warmup):
-        fn()
-    clock.sync()
-    return statistics.median(clock(fn)[0] for _ in range(iters))
 
 
 def core_rows(device: torch.device, shapes_names: list[str], iters: int, peak_gbs: float, warmup: int = 5
@@ -87,11 +78,6 @@ def core_rows(device: torch.device, shapes_names: list[str], iters: int, peak_gb
     return rows
 
 
-def pd_features(model, images: torch.Tensor, precision: str) -> dict[str, torch.Tensor]:
-    with torch.no_grad(), precision_context(precision, images.device):
-        return model.backbone(model.preprocess(images))
-
-
 def pixel_decoder_rows(device: torch.device, encoders: list[str], size: tuple[int, int], modes: list[str],
                        iters: int, budget: float, t0: float, warmup: int = 10) -> tuple[list[dict], list[str]]:
     """Every encoder x backend x mode x precision on fixed backbone features."""
@@ -111,7 +97,6 @@ def pixel_decoder_rows(device: torch.device, encoders: list[str], size: tuple[in
                 cfg = compose(overrides)
                 torch.manual_seed(0)
                 model = build_model(cfg).to(device)
-                feats = pd_features(model, images, precision)
                 macs = pixel_decoder_macs(to_dict(cfg)["encoder"], model.backbone.out_channels, h, w, 1)
                 macs = macs["pixel_decoder"]
                 for mode in modes:
@@ -124,11 +109,10 @@ def pixel_decoder_rows(device: torch.device, encoders: list[str], size: tuple[in
                     try:
                         settings = {"device": device, "precision": precision, "mode": mode}
                         t1 = time.time()
-                        run, _ = mode_runner(model.pixel_decoder, lambda mod, f: mod(f), feats, settings)
+                        run, _ = pixel_decoder_runner(model, images, settings)
                         row["setup_s"] = time.time() - t1
                         row["ms"] = median_ms(run, device, iters, warmup)
-                        with torch.inference_mode(), precision_context(precision, device):
-                            out = model.pixel_decoder(feats).mask_features.float()
+                        out = run().mask_features.float().clone()  # this mode's output (a graph's buffers)
                         if (precision, backend, mode) == ("fp32", "pytorch", "eager"):
                             refs[enc] = out
                         row["err_vs_fp32_pytorch"] = relative_error(out, refs[enc]) if enc in refs else math.nan
@@ -137,7 +121,7 @@ def pixel_decoder_rows(device: torch.device, encoders: list[str], size: tuple[in
                         row.update(status="failed", error=f"{type(err).__name__}: {err}"[:300])
                     rows.append(row)
                     print(f"  {key}: {row.get('ms', float('nan')):.2f} ms ({row['status']})", flush=True)
-                del model, feats
+                del model
                 torch._dynamo.reset()
     return rows, skipped
 
@@ -167,12 +151,7 @@ def bf16_floor(device: torch.device, enc: str, size: tuple[int, int], ceilings: 
                    "encoder.force_fp32=false", f"msda_backend={'triton' if device.type == 'cuda' else 'pytorch'}"])
     model = build_model(cfg).to(device)
     images = torch.rand(1, 3, h, w, device=device) * 255
-    feats = pd_features(model, images, "bf16")
-
-    def fn() -> Any:
-        with torch.no_grad(), precision_context("bf16", device):
-            return model.pixel_decoder(feats)
-
+    fn, _ = pixel_decoder_runner(model, images, {"device": device, "precision": "bf16", "mode": "eager"})
     fcm = FlopCounterMode(display=False, custom_mapping=flop_formulas())
     with fcm:
         fn()

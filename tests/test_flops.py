@@ -131,3 +131,22 @@ def test_attention_convention_switch(small_cfg):
     assert with_attn["total"] > without["total"]
     assert "aten::scaled_dot_product_attention" in without["unsupported"]
     assert "aten::baddbmm" in without["unsupported"] and without["coverage"] < 1.0
+
+
+def test_captured_call_swaps_tensors_inside_dataclasses():
+    """_Call feeds traced tensors back in the order tensors_in lists them, dataclasses included."""
+    import dataclasses
+
+    from bench.flops import _Call
+
+    @dataclasses.dataclass
+    class Pair:
+        a: torch.Tensor
+        scale: float
+
+    lin = torch.nn.Linear(4, 3)
+    pair = Pair(torch.randn(2, 4), 2.0)
+    call = _Call(lambda p: lin(p.a) * p.scale, (pair,), {})
+    new = torch.randn(2, 4)
+    (out,) = call(new)
+    torch.testing.assert_close(out, lin(new) * 2.0)
