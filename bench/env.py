@@ -35,22 +35,26 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def capture(device: torch.device, nvml: Any | None = None, index: int = 0) -> dict[str, Any]:
-    """Environment columns; GPU columns from torch and (when given) NVML."""
+def capture(device: torch.device, nvml: Any | None = None, handle: Any = None) -> dict[str, Any]:
+    """Environment columns; GPU columns from torch and (when given) NVML's ``handle`` of that GPU. The GPU
+    state columns hold one reading here; a timed window replaces them with what it sampled."""
     import transformers
 
     env: dict[str, Any] = {"torch_version": torch.__version__, "cuda_version": torch.version.cuda,
                            "transformers_version": transformers.__version__, "cpu_name": cpu_name(),
                            "num_threads": torch.get_num_threads(), "git_commit": git_commit()}
     if device.type == "cuda":
+        from bench.energy import cuda_uuid
+
         env["gpu_name"] = torch.cuda.get_device_name(device)
-    if nvml is not None:
+        env["gpu_uuid"] = cuda_uuid(device)
+    if nvml is not None and handle is not None:
         try:
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
             driver = nvml.nvmlSystemGetDriverVersion()
             env["driver"] = driver.decode() if isinstance(driver, bytes) else driver
             env["temp_c_start"] = nvml.nvmlDeviceGetTemperature(handle, 0)
             env["sm_clock_mhz_min"] = env["sm_clock_mhz_max"] = nvml.nvmlDeviceGetClockInfo(handle, 1)
+            env["gpu_state_window"] = "one reading at job start"
         except Exception as err:  # record, never fail the job for environment capture
             env["driver"] = f"unreadable: {err}"
     env["hostname"] = os.uname().nodename

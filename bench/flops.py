@@ -185,15 +185,21 @@ def msda_flop(value_shape, spatial_shapes, loc_shape, weight_shape, *args, out_s
     return 2 * 4 * n * m * d * loc_shape[1] * loc_shape[3] * loc_shape[4]
 
 
+# The inference forwards an eval-mode norm layer dispatches to: CPU (native_*), CUDA (cudnn_batch_norm),
+# ROCm (miopen_batch_norm), and the functional/export forms. Each has a formula, so CPU and GPU counts agree.
+NORM_FORWARD_OPS = (aten.native_batch_norm, aten._native_batch_norm_legit_no_training, aten._batch_norm_no_update,
+                    aten.cudnn_batch_norm, aten.miopen_batch_norm, aten.native_layer_norm, aten.native_group_norm)
+
+
 def flop_formulas() -> dict:
     """Formulas added to FlopCounterMode's registry (skipped where torch already has one)."""
     from torch.utils.flop_counter import flop_registry
 
     extra = {aten.grid_sampler_2d: grid_sampler_flop, aten.upsample_bilinear2d: upsample_bilinear_flop,
              aten.upsample_nearest2d: upsample_nearest_flop, aten.native_layer_norm: layer_norm_flop,
-             aten.native_group_norm: layer_norm_flop, aten._native_batch_norm_legit_no_training: batch_norm_flop,
-             aten.native_batch_norm: batch_norm_flop,
+             aten.native_group_norm: layer_norm_flop,
              aten._scaled_dot_product_flash_attention_for_cpu: sdpa_cpu_flop}
+    extra.update({op: batch_norm_flop for op in NORM_FORWARD_OPS if "batch_norm" in str(op)})
     out = {k: v for k, v in extra.items() if k not in flop_registry}
     out[torch.ops.encbench.msda] = msda_flop  # registered by models.ops
     return out

@@ -7,8 +7,8 @@ import functools
 import logging
 import math
 import traceback
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,9 @@ def mode_runner(module: torch.nn.Module, call: Callable[[Any, Any], Any], inputs
     if settings["mode"] == "compile":
         import time
 
+        # hitting dynamo's recompile limit would fall back to eager silently: a compile row must fail instead
+        if "fail_on_recompile_limit_hit" in torch._dynamo.config._config:
+            torch._dynamo.config.fail_on_recompile_limit_hit = True
         compiled = torch.compile(module)
 
         def run() -> Any:
@@ -211,21 +214,26 @@ def dynamo_graph_breaks() -> int:
 Runner = Callable[[bool, str], tuple[Callable[[], Any], dict[str, float]]]
 
 
-def measure_latency(model, images, settings, row: dict[str, Any], runner: Runner) -> None:
+def measure_latency(model, images, settings, row: dict[str, Any], runner: Runner,
+                    meter: energy_mod.EnergyMeter | None = None) -> None:
+    """The timed loop (and, with a ``meter``, the GPU state sampled over it), stage times, secondary timings.
+    Graph breaks are counted from the job's start (dynamo's counter is process-wide and survives resets)."""
     cfg: TimingConfig = settings["timing"]
     device, mode = settings["device"], settings["mode"]
+    breaks = dynamo_graph_breaks()
     run, info = runner(False, mode)
     row.update(info)
     clock = IterationClock(device)
     warm, stable = warm_up(run, clock, cfg)
     graphs = dynamo_graphs()
-    gpu, wall = time_loop(run, clock, cfg)
+    with sampled_state(meter, row, "latency"):
+        gpu, wall = time_loop(run, clock, cfg)
     row.update(summarize(gpu, images.shape[0], cfg.bootstrap))
     row.update(wall_ms_p50=float(torch.tensor(wall).median()), timing_iters=len(gpu),
                timing_seconds=sum(wall) / 1e3, warmup_iters=len(warm), warmup_stable=stable)
     if mode == "compile":
         row["recompiles"] = dynamo_graphs() - graphs
-        row["graph_breaks"] = dynamo_graph_breaks()
+        row["graph_breaks"] = dynamo_graph_breaks() - breaks
     if mode == "eager":
         stages = {s: m for s, m in model.stage_modules().items() if s in TIMED_STAGES}
         per_stage = stage_latencies(runner(True, "eager")[0], stages, device, cfg.stage_iters)
@@ -278,28 +286,81 @@ def measure_roofline(model: torch.nn.Module, settings: dict[str, Any], row: dict
                     f"roofline_frac_{key}": vals["roofline_frac"]})
 
 
-def measure_energy(images, settings, cfg: Mapping[str, Any], row: dict[str, Any], runner: Runner,
-                   nvml: Any, nvml_reason: str | None) -> None:
-    if settings["device"].type != "cuda":
-        row.update(energy_mod.unavailable("no CUDA device (NVML energy needs a GPU)"))
+@contextmanager
+def sampled_state(meter: energy_mod.EnergyMeter | None, row: dict[str, Any], window: str) -> Iterator[None]:
+    """Sample the GPU state (clocks, temperature, clock events) over a timed window into ``row``; a window whose
+    clock dropped makes the row invalid. Nothing without a meter; a failing NVML never fails the window."""
+    if meter is None:
+        yield
         return
+    sampler = energy_mod.Sampler(meter.nvml, meter.handle, meter.sample_period)
+    with sampler:
+        yield
+    state = sampler.summary()
+    row.update({k: state[k] for k in energy_mod.STATE_COLUMNS}, gpu_state_window=window)
+    invalid(row, energy_mod.window_validity(state, energy_mod.max_sm_clock(meter.nvml, meter.handle)))
+
+
+def invalid(row: dict[str, Any], reasons: list[str]) -> None:
+    """Mark ``row`` invalid for ``reasons`` (appended to any earlier ones)."""
+    if reasons:
+        row["valid"] = False
+        row["invalid_reason"] = "; ".join(filter(None, [row.get("invalid_reason"), *reasons]))
+
+
+@dataclasses.dataclass
+class GPUMeter:
+    """The job's NVML meter (None with the reason when there is none) and the idle baseline."""
+
+    meter: energy_mod.EnergyMeter | None
+    reason: str | None = None
+    idle_w: float = math.nan
+
+
+def open_meter(nvml: Any, nvml_reason: str | None, device: torch.device, ecfg: Mapping[str, Any],
+               want_idle: bool, row: dict[str, Any]) -> GPUMeter:
+    """The NVML meter of the job's CUDA device (matched by UUID) and, when energy is measured, the idle
+    power: ``energy.idle_w`` or a baseline taken now, before the job loads the GPU."""
+    if device.type != "cuda":
+        return GPUMeter(None, "no CUDA device (NVML energy needs a GPU)")
     if nvml is None:
-        row.update(energy_mod.unavailable(nvml_reason or "NVML unavailable"))
+        return GPUMeter(None, nvml_reason or "NVML unavailable")
+    index = ecfg.get("gpu_index")
+    try:
+        handle, how = energy_mod.nvml_handle(nvml, energy_mod.cuda_uuid(device),
+                                             None if index is None else int(index))
+        row["nvml_device"] = how
+        meter = energy_mod.EnergyMeter(nvml, handle, sample_period=float(ecfg.get("sample_period", 0.1)))
+        if not want_idle:
+            return GPUMeter(meter)
+        idle = ecfg.get("idle_w")
+        idle_w = float(idle) if idle is not None else meter.idle_power(float(ecfg.get("idle_seconds", 3.0)),
+                                                                        float(ecfg.get("cooldown_seconds", 2.0)))
+        return GPUMeter(meter, idle_w=idle_w)
+    except energy_mod.nvml_error(nvml) as err:
+        return GPUMeter(None, f"NVML failed: {type(err).__name__}: {err}")
+
+
+def measure_energy(images, settings, cfg: Mapping[str, Any], row: dict[str, Any], runner: Runner,
+                   gpu: GPUMeter) -> None:
+    """Energy per image over a window of at least ``energy.min_seconds``; NaN with the reason when NVML fails."""
+    if gpu.meter is None:
+        row.update(energy_mod.unavailable(gpu.reason or "NVML unavailable"))
         return
     ecfg = dict(cfg.get("energy") or {})
-    meter = energy_mod.EnergyMeter(nvml, int(ecfg.get("gpu_index", 0)), sample_period=ecfg.get("sample_period", 0.1))
     run, _ = runner(False, settings["mode"])
     clock = IterationClock(settings["device"])
-    idle_w = meter.idle_power(ecfg.get("idle_seconds", 3.0), ecfg.get("cooldown_seconds", 2.0))
     warm_up(run, clock, settings["timing"])
-    result = meter.window(run, images.shape[0], ecfg.get("min_seconds", 10.0), clock.sync, idle_w)
+    try:
+        result = gpu.meter.window(run, images.shape[0], ecfg.get("min_seconds", 10.0), clock.sync, gpu.idle_w)
+    except energy_mod.nvml_error(gpu.meter.nvml) as err:
+        row.update(energy_mod.unavailable(f"NVML failed during the window: {type(err).__name__}: {err}"))
+        return
     reason = result.pop("invalid_reason")
-    valid = result.pop("valid")
+    result.pop("valid")
     result.pop("power_w_max_sampled", None)
-    row.update(result)
-    if not valid:
-        row["valid"] = False
-        row["invalid_reason"] = "; ".join(filter(None, [row.get("invalid_reason"), reason]))
+    row.update(result, gpu_state_window="energy")
+    invalid(row, [reason] if reason else [])
 
 
 def fill_config_columns(row: dict[str, Any], cfg: Mapping[str, Any]) -> None:
@@ -330,7 +391,9 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
         row["config_hash"] = config_hash(measured_config(cfg, settings["device"]))
         device = settings["device"]
         nvml, nvml_reason = energy_mod.load_nvml() if device.type == "cuda" else (None, None)
-        row.update(capture(device, nvml, int((cfg.get("energy") or {}).get("gpu_index", 0))))
+        measures = settings["measures"]
+        gpu = open_meter(nvml, nvml_reason, device, cfg.get("energy") or {}, "energy" in measures, row)
+        row.update(capture(device, gpu.meter and gpu.meter.nvml, gpu.meter and gpu.meter.handle))
         row.pop("hostname", None)
         torch.manual_seed(int(cfg.get("seed", 0)))
         try:
@@ -343,7 +406,6 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
         analytic = pixel_decoder_macs(cfg["encoder"], model.backbone.out_channels, inp["height"], inp["width"],
                                       inp["batch"])
         row["gmacs_analytic_pixel_decoder"] = analytic["pixel_decoder"] / 1e9
-        measures = settings["measures"]
 
         @functools.cache
         def runner(postprocess: bool, mode: str) -> tuple[Callable[[], Any], dict[str, float]]:
@@ -365,11 +427,11 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
 
             row.update(output_error(model, images, settings["precision"], precision_context))
         if "latency" in measures:
-            measure_latency(model, images, settings, row, runner)
+            measure_latency(model, images, settings, row, runner, gpu.meter)
         if "roofline" in measures:
             measure_roofline(model, settings, row, runner)
         if "energy" in measures:
-            measure_energy(images, settings, cfg, row, runner, nvml, nvml_reason)
+            measure_energy(images, settings, cfg, row, runner, gpu)
         if "profile" in measures:
             from bench.profile import profile_model
 

@@ -38,14 +38,15 @@ ACCURACY = ["err_mask_features_rel", "err_pred_logits_rel", "err_pred_masks_rel"
 MEMORY = ["mem_peak_alloc_mb", "mem_peak_reserved_mb", "mem_method"]
 ENERGY = ["energy_j_per_img_gross", "energy_j_per_img_net", "power_w_avg", "idle_w", "energy_window_s",
           "energy_images"]
-ENVIRONMENT = ["gpu_name", "driver", "torch_version", "cuda_version", "transformers_version", "cpu_name",
-               "num_threads", "sm_clock_mhz_min", "sm_clock_mhz_max", "temp_c_start", "temp_c_end",
-               "throttle_reasons", "valid", "invalid_reason", "artifacts"]
+ENVIRONMENT = ["gpu_name", "gpu_uuid", "nvml_device", "driver", "torch_version", "cuda_version",
+               "transformers_version", "cpu_name", "num_threads", "gpu_state_window", "sm_clock_mhz_min",
+               "sm_clock_mhz_min_busy", "sm_clock_mhz_max", "temp_c_start", "temp_c_end", "throttle_reasons",
+               "sampler_failures", "valid", "invalid_reason", "artifacts"]
 COLUMNS = IDENTITY + CONFIG + SIZE + SPEED + ROOFLINE + ACCURACY + MEMORY + ENERGY + ENVIRONMENT
 STRING_COLUMNS = {"run_id", "config_hash", "sweep", "created_at", "git_commit", "status", "error", "measure",
                   "encoder", "variant", "backbone", "dataset", "precision", "mode", "device", "msda_backend",
                   "mem_method", "gpu_name", "driver", "torch_version", "cuda_version", "transformers_version",
-                  "cpu_name", "throttle_reasons", "invalid_reason"}
+                  "cpu_name", "throttle_reasons", "invalid_reason", "gpu_uuid", "nvml_device", "gpu_state_window"}
 
 
 def new_row() -> dict[str, Any]:

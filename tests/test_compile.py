@@ -38,3 +38,32 @@ def test_panoptic_postprocess_breaks_only_on_data_dependent_ops():
     reasons = {str(b.reason).splitlines()[0] for b in ex.break_reasons}
     assert ex.graph_break_count > 0
     assert all(r.startswith(("Data dependent", "Dynamic shape")) for r in reasons), reasons
+
+
+def test_job_counts_only_its_own_graph_breaks():
+    """dynamo's graph-break counter is process-wide and survives ``dynamo.reset()``: the row takes the delta."""
+    from torch._dynamo.utils import counters
+
+    from bench.job import dynamo_graph_breaks, measure_latency
+    from bench.timing import TimingConfig
+
+    def with_break(x):
+        x = x + 1
+        torch._dynamo.graph_break()
+        return x * 2
+
+    dynamo.reset()
+    counters["graph_break"]["an earlier job's break"] += 5  # what an earlier compile in this process left
+    before = dynamo_graph_breaks()
+    x = torch.ones(3)
+    fn = torch.compile(with_break, backend="eager")
+
+    def runner(postprocess: bool, mode: str):
+        return (lambda: fn(x)), {"compile_seconds": 0.0}
+
+    cfg = TimingConfig(min_iters=2, min_seconds=0, warmup_min_seconds=0, warmup_window=1, warmup_tolerance=1.0,
+                       e2e=False, pixel_decoder_alone=False, bootstrap=10)
+    row: dict = {}
+    measure_latency(None, x[None], {"timing": cfg, "device": torch.device("cpu"), "mode": "compile"}, row, runner)
+    assert dynamo_graph_breaks() - before == 1
+    assert row["graph_breaks"] == 1 and row["recompiles"] == 0

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.analytic import pixel_decoder_macs
-from bench.flops import count_dispatch, count_flops, count_fvcore, is_compute_op
+from bench.flops import count_dispatch, count_flops, count_fvcore, flop_formulas, is_compute_op
 from models import build_model
 from models.encoders import ENCODERS
 from models.layers import MSDeformAttn
@@ -150,3 +150,33 @@ def test_captured_call_swaps_tensors_inside_dataclasses():
     new = torch.randn(2, 4)
     (out,) = call(new)
     torch.testing.assert_close(out, lin(new) * 2.0)
+
+
+def test_every_norm_forward_a_gpu_can_dispatch_to_has_a_formula():
+    """Eval BatchNorm reaches cudnn_batch_norm on CUDA and native_batch_norm on CPU: both must count the same."""
+    import re
+
+    from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+    from bench.flops import NORM_FORWARD_OPS
+
+    formulas = flop_formulas()
+    missing = [str(op) for op in NORM_FORWARD_OPS if op not in formulas and op not in flop_registry]
+    assert not missing, f"norm forwards without a FLOP formula: {missing}"
+    # every aten norm forward that reaches a kernel is listed (composites decompose first; training,
+    # statistics-only, quantized and out= variants never run in an eval forward)
+    skip = re.compile(r"backward|update|stats|elemt|functional|quantized|legit$|impl_index|rms|^(batch|layer|group|"
+                      r"instance)_norm$")
+    names = {n.split("::")[1].split(".")[0] for n in torch._C._dispatch_get_all_op_names()
+             if n.startswith("aten::") and re.search(r"(batch|layer|group|instance|rms)_norm", n)}
+    listed = {str(op).split(".")[1] for op in NORM_FORWARD_OPS}
+    assert {n for n in names if not skip.search(n)} <= listed
+    # the CUDA and CPU batch-norm forwards count identically (meta tensors: no GPU needed)
+    x, c = torch.empty(2, 8, 5, 7, device="meta"), torch.empty(8, device="meta")
+    counts = {}
+    for op in (torch.ops.aten.cudnn_batch_norm, torch.ops.aten.native_batch_norm, torch.ops.aten.miopen_batch_norm):
+        fcm = FlopCounterMode(display=False, custom_mapping=formulas)
+        with fcm:
+            op(x, c, c, c, c, False, 0.1, 1e-5)
+        counts[str(op)] = fcm.get_total_flops()
+    assert set(counts.values()) == {2 * 2 * 8 * 5 * 7}, counts

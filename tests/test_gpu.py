@@ -14,6 +14,17 @@ from models import build_model
 from models.config import compose
 
 pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from scratch: cases that share a code object would otherwise pile up cache entries
+    until dynamo's recompile limit, past which it runs eager silently (the job's runner makes that an error)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 SMALL = ["backbone=r50", "input=cityscapes", "input.height=256", "input.width=512"]
 FAST = ["timing.min_iters=10", "timing.min_seconds=0.5", "timing.warmup_min_seconds=0.5", "timing.stage_iters=5"]
 
@@ -80,7 +91,7 @@ def test_modes_run_as_jobs(mode, backend, tmp_path):
         assert row["compile_seconds"] > 0 and row["recompiles"] == 0 and row["graph_breaks"] == 0
 
 
-# ---------------------------------------------------------------- issue 6: the triton MSDA backend on CUDA
+# ---------------------------------------------------------------- the triton MSDA backend on CUDA
 def _core_inputs(shapes, n, lq, dtype=torch.float32, m=8, d=32, p=4):
     g = torch.Generator().manual_seed(0)
     s = sum(h * w for h, w in shapes)
@@ -101,9 +112,23 @@ def test_triton_core_equals_pytorch_core(shapes, n):
     got = msda_core(value, shapes, loc, w, backend="triton")
     assert (got - ref).abs().max().item() <= 1e-4
     for dtype in (torch.bfloat16, torch.float16):
-        half = msda_core(value.to(dtype), shapes, loc.to(dtype), w.to(dtype), backend="triton")
-        assert half.dtype == dtype
-        assert ((half.float() - ref).norm() / ref.norm()).item() <= 1e-2
+        for inputs in (_as_model_passes(value, loc, w, dtype), _all_low(value, loc, w, dtype)):
+            # the reference sees the same rounded inputs: rounding locations to bf16 moves taps by up to
+            # 0.5 px at these map sizes, which no kernel can undo (a false alarm against unrounded ones)
+            ref = msda_core(*(t.float() for t in inputs[:1]), shapes, *(t.float() for t in inputs[1:]),
+                            backend="pytorch")
+            half = msda_core(inputs[0], shapes, *inputs[1:], backend="triton")
+            assert half.dtype == dtype
+            assert ((half.float() - ref).norm() / ref.norm()).item() <= 1e-2
+
+
+def _as_model_passes(value, loc, w, dtype):
+    """Under autocast the model hands the core a low-precision ``value``; locations and softmax weights stay fp32."""
+    return value.to(dtype), loc, w
+
+
+def _all_low(value, loc, w, dtype):
+    return value.to(dtype), loc.to(dtype), w.to(dtype)
 
 
 def test_auto_picks_triton_on_cuda():

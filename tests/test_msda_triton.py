@@ -52,10 +52,13 @@ def test_kernel_far_outside_points_extreme_values_and_non_power_of_two_channels(
 def test_kernel_half_inputs_accumulate_in_fp32(dtype):
     shapes = [(5, 7), (3, 4), (2, 2)]
     value, locations, weights = inputs(shapes, m=2, d=8, p=4)
-    ref = naive_msda(value.to(dtype).float(), shapes, locations, weights).float()
-    got = msda_core(value.to(dtype), shapes, locations.to(dtype), weights.to(dtype), backend="triton")
-    assert got.dtype == dtype
-    assert ((got.float() - ref).norm() / ref.norm()).item() <= 1e-2
+    # as the model passes them under autocast (only value low), and everything low; the reference sees the
+    # same rounded inputs, so what is left is the output's rounding (accumulation is fp32)
+    for loc, w in ((locations, weights), (locations.to(dtype), weights.to(dtype))):
+        ref = naive_msda(value.to(dtype).float(), shapes, loc.float(), w.float()).float()
+        got = msda_core(value.to(dtype), shapes, loc, w, backend="triton")
+        assert got.dtype == dtype
+        assert ((got.float() - ref).norm() / ref.norm()).item() <= (4e-3 if dtype == torch.bfloat16 else 5e-4)
 
 
 @interpreter
@@ -170,7 +173,7 @@ def test_encoders_equal_across_backends(encoder):
 
 @interpreter
 def test_gpu_fast_path_script_smoke_run_on_cpu(tmp_path):
-    """The issue-6 GPU command's code path at tiny shapes (the interpreter stands in for the GPU)."""
+    """The fast-path GPU command's code path at tiny shapes (the interpreter stands in for the GPU)."""
     from scripts.gpu_fast_path import main
 
     summary = main(["--smoke", "--encoders", "m2f", "--out", str(tmp_path)])
@@ -179,11 +182,12 @@ def test_gpu_fast_path_script_smoke_run_on_cpu(tmp_path):
     core = pd.read_csv(tmp_path / "core.csv")
     assert set(core["backend"]) == {"pytorch", "triton"} and set(core["dtype"]) == {"fp32", "bf16", "fp16"}
     assert core[core["dtype"] == "fp32"]["max_abs_err"].max() < 1e-5  # triton fp32 equals the pytorch core
-    assert core[core["dtype"] == "bf16"]["rel_err"].max() < 5e-2
+    assert core[core["dtype"] == "bf16"]["rel_err"].max() < 1e-2  # against the same rounded value
+    assert (core["rel_err_vs_fp32"] >= core["rel_err"] - 1e-6).all()
     pdr = pd.read_csv(tmp_path / "pixel_decoder.csv")
     assert (pdr["status"] == "ok").all() and len(pdr) == 2 * 2  # backends x precisions (eager only)
     assert pdr[pdr["precision"] == "fp32"]["err_vs_fp32_pytorch"].max() < 1e-5  # triton pixel decoder = pytorch
-    assert summary["fastest_bf16_vs_floor"]["floor_ms"] > 0 and summary["m2f_fastest_fp32_vs_transformers"]["hf_ms"] > 0
+    assert summary["fastest_bf16_vs_floor_m2f"]["floor_ms"] > 0 and summary["m2f_fastest_fp32_vs_transformers"]["hf_ms"] > 0
 
 
 def test_gpu_fast_path_summary_targets():
@@ -195,9 +199,77 @@ def test_gpu_fast_path_summary_targets():
             for m in ("eager", "cudagraph") for p in ("fp32", "bf16")
             for ms in [macs / (10 if b == "triton" and m == "cudagraph" else 1) + (0 if b == "triton" else 20)]]
     core = [{"shapes": "cityscapes", "dtype": "fp32", "backend": "triton", "ms": 0.36, "cuda_kernel_ms_fp32": 0.72}]
-    s = summarize(core, rows, hf_ms=40.0, floor={"floor_ms": 1.0})
+    s = summarize(core, rows, hf_ms=40.0, floors={"m2f": {"floor_ms": 1.0}, "ps333": {"floor_ms": 5.0}})
     assert s["core_triton_vs_cuda_kernel_cityscapes"] == pytest.approx(2.0)
     fastest = s["ps333_conversion_fastest_fp32"]
     assert (fastest["backend"], fastest["mode"]) == ("triton", "cudagraph") and fastest["conversion"] == 1.0
     assert s["m2f_fastest_fp32_vs_transformers"]["speedup"] == pytest.approx(4.0)  # 40 ms vs 10 ms
-    assert s["fastest_bf16_vs_floor"]["times_floor"] == pytest.approx(5.0)
+    # each encoder against its own floor: M2F's fastest bf16 is 100/10 = 10 ms, PRO-SCALE's 50/10 = 5 ms
+    assert s["fastest_bf16_vs_floor_m2f"]["times_floor"] == pytest.approx(10.0)
+    assert s["fastest_bf16_vs_floor_ps333"]["times_floor"] == pytest.approx(1.0)
+
+
+def test_gpu_fast_path_interleaves_encoders_and_writes_rows_at_once(tmp_path, monkeypatch):
+    """A budget that runs out mid-way leaves every encoder with the same configurations, already on disk."""
+    import scripts.gpu_fast_path as fp
+
+    monkeypatch.setattr(fp, "build_model", lambda cfg: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(fp, "pixel_decoder_runner", lambda *a, **k: (lambda: None, {}))
+    monkeypatch.setattr("bench.analytic.pixel_decoder_macs", lambda *a: {"pixel_decoder": 1e9})
+    monkeypatch.setattr(torch.nn.Linear, "backbone", type("B", (), {"out_channels": [1]}), raising=False)
+    clock = {"t": 0.0}
+
+    def fake_median(*a, **k):
+        clock["t"] += 1.0
+        return 1.0
+
+    monkeypatch.setattr(fp, "median_ms", fake_median)
+    monkeypatch.setattr(fp.time, "time", lambda: clock["t"])
+    writer = fp.RowWriter(tmp_path / "pd.csv")
+    rows, skipped = fp.pixel_decoder_rows(torch.device("cpu"), ["m2f", "ps333"], (8, 8), ["eager", "cudagraph"],
+                                          iters=1, budget=3.5, t0=0.0, writer=writer)
+    done = [(r["encoder"], r["precision"], r["backend"], r["mode"]) for r in rows]
+    assert done == [("m2f", "fp32", "pytorch", "eager"), ("ps333", "fp32", "pytorch", "eager"),
+                    ("m2f", "bf16", "triton", "cudagraph"), ("ps333", "bf16", "triton", "cudagraph")]
+    assert skipped[0] == "m2f triton eager fp32"
+    import pandas as pd
+
+    assert len(pd.read_csv(tmp_path / "pd.csv")) == 4
+
+
+def test_fixed_block_configuration_from_the_environment(monkeypatch):
+    monkeypatch.delenv(msda_triton.CONFIG_ENV, raising=False)
+    assert msda_triton.fixed_config() is None
+    monkeypatch.setenv(msda_triton.CONFIG_ENV, "autotune")
+    assert msda_triton.fixed_config() is None
+    monkeypatch.setenv(msda_triton.CONFIG_ENV, "64x8")
+    assert msda_triton.fixed_config() == (64, 8)
+    for bad in ("64", "48x4", "64x3", "ax4"):
+        monkeypatch.setenv(msda_triton.CONFIG_ENV, bad)
+        with pytest.raises(ValueError, match="ENCBENCH_MSDA_TRITON_CONFIG"):
+            msda_triton.fixed_config()
+    launched = {}
+
+    class Plain:  # records the launch instead of running it
+        def __getitem__(self, grid):
+            return lambda *args, **meta: launched.update(grid=grid, **meta)
+
+    monkeypatch.setattr(msda_triton, "kernels", lambda: {"plain": Plain(), "tuned": None, "cdiv": lambda a, b: -(-a // b),
+                                                         "next_pow2": lambda d: d})
+    monkeypatch.setenv(msda_triton.CONFIG_ENV, "32x2")
+    msda_triton.launch(*inputs([(4, 4)], n=1, lq=70)[:1], [4, 4], *inputs([(4, 4)], n=1, lq=70)[1:])
+    assert (launched["BLOCK_Q"], launched["num_warps"], launched["grid"]) == (32, 2, (3, 2))
+
+
+def test_sizes_are_not_specialised_and_autotuning_is_pruned():
+    """Every new size would otherwise recompile every configuration (Triton specialises ints == 1 or % 16)."""
+    import subprocess
+    import sys
+
+    assert (128, 4) not in msda_triton.AUTOTUNE_CONFIGS and len(msda_triton.AUTOTUNE_CONFIGS) <= 3
+    code = ("from models.ops.msda_triton import kernels, SIZE_ARGS; k = kernels()['plain']; "
+            "names = {k.arg_names[i] if isinstance(i, int) else i for i in k.do_not_specialize}; "
+            "print(sorted(set(SIZE_ARGS) - names), sorted(set(SIZE_ARGS) & set(k.arg_names)) == sorted(SIZE_ARGS))")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}  # a real JIT function
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["[]", "True"], out.stderr[-500:]

@@ -9,8 +9,12 @@ kernel: x = loc_x * W - 0.5, taps outside the map read zero) and accumulates in 
 
 The kernel is wrapped as the custom op ``torch.ops.encbench.msda`` (with a fake implementation), so
 ``torch.compile`` keeps it in the graph without a break and CUDA graphs capture it. On CUDA it is
-autotuned over a few block sizes. On CPU it runs only under Triton's interpreter
-(``TRITON_INTERPRET=1``, slow: for checking the index and weight arithmetic, not for timing).
+autotuned over three block configurations; ``ENCBENCH_MSDA_TRITON_CONFIG=64x4`` (``BLOCK_Q`` x
+``num_warps``) fixes one instead, so a short validation run compiles one variant per dtype and level
+count. Sizes are not specialised (``do_not_specialize``): a new input size reuses the compiled
+kernels instead of compiling every configuration again. On CPU it runs only under Triton's
+interpreter (``TRITON_INTERPRET=1``, slow: for checking the index and weight arithmetic, not for
+timing).
 """
 
 from __future__ import annotations
@@ -25,6 +29,25 @@ import torch
 from models.ops.msda import SpatialShapes, register_backend
 
 MAX_LEVELS = 4  # level shapes travel as scalar kernel arguments (Deformable-DETR uses 4, Mask2Former 3)
+# Integer arguments Triton would otherwise specialise on (== 1, divisible by 16): one compile serves all sizes.
+SIZE_ARGS = ("n_rows", "n_queries", "n_values", "h0", "w0", "h1", "w1", "h2", "w2", "h3", "w3")
+# (BLOCK_Q, num_warps) autotuned on CUDA. BLOCK_Q=128 spills registers at 3 levels in fp32 and is left out.
+AUTOTUNE_CONFIGS = ((32, 4), (64, 4), (64, 8))
+CONFIG_ENV = "ENCBENCH_MSDA_TRITON_CONFIG"
+
+
+def fixed_config() -> tuple[int, int] | None:
+    """``(BLOCK_Q, num_warps)`` from ``ENCBENCH_MSDA_TRITON_CONFIG=QxW``; None (autotune) when unset."""
+    raw = os.environ.get(CONFIG_ENV, "").strip().lower()
+    if raw in ("", "autotune"):
+        return None
+    try:
+        block_q, warps = (int(x) for x in raw.split("x"))
+    except ValueError:
+        raise ValueError(f"{CONFIG_ENV}={raw!r}: expected BLOCK_QxNUM_WARPS such as 64x4, or 'autotune'") from None
+    if block_q < 1 or block_q & (block_q - 1) or warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"{CONFIG_ENV}={raw!r}: BLOCK_Q must be a power of two, num_warps one of 1, 2, 4, 8, 16")
+    return block_q, warps
 
 
 def interpreting() -> bool:
@@ -55,7 +78,7 @@ def kernels() -> dict[str, Any]:
     import triton
     import triton.language as tl
 
-    @triton.jit
+    @triton.jit(do_not_specialize=SIZE_ARGS)
     def msda_fwd(value_ptr, loc_ptr, weight_ptr, out_ptr, n_rows, n_queries, n_values,
                  h0, w0, h1, w1, h2, w2, h3, w3,
                  M: tl.constexpr, D: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
@@ -103,15 +126,15 @@ def kernels() -> dict[str, Any]:
         out_ptrs = out_ptr + (rows64 * (M * D) + head * D)[:, None] + chan[None, :]
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & chan_ok[None, :])
 
-    configs = [triton.Config({"BLOCK_Q": bq}, num_warps=nw)
-               for bq, nw in ((16, 2), (32, 2), (32, 4), (64, 4), (64, 8), (128, 4), (128, 8))]
+    configs = [triton.Config({"BLOCK_Q": bq}, num_warps=nw) for bq, nw in AUTOTUNE_CONFIGS]
     tuned = triton.autotune(configs, key=["n_rows", "n_values", "M", "D", "L", "P"])(msda_fwd)
     return {"plain": msda_fwd, "tuned": tuned, "next_pow2": triton.next_power_of_2, "cdiv": triton.cdiv}
 
 
 def launch(value: torch.Tensor, shapes: list[int], locations: torch.Tensor, weights: torch.Tensor,
-           block_q: int | None = None) -> torch.Tensor:
-    """Run the kernel (``block_q`` fixes the block size instead of autotuning; the interpreter uses 128)."""
+           config: tuple[int, int] | None = None) -> torch.Tensor:
+    """Run the kernel. ``config`` = (BLOCK_Q, num_warps) fixes the block configuration (default: the
+    ``ENCBENCH_MSDA_TRITON_CONFIG`` setting, else autotuning; the interpreter uses 128 x 4)."""
     n, s, m, d = value.shape
     _, lq, _, n_levels, n_points, _ = locations.shape
     if n_levels > MAX_LEVELS:
@@ -124,10 +147,10 @@ def launch(value: torch.Tensor, shapes: list[int], locations: torch.Tensor, weig
     hw = list(shapes) + [1] * (2 * MAX_LEVELS - len(shapes))
     args = (value, locations, weights, out, n * lq, lq, s, *hw)
     meta = {"M": m, "D": d, "L": n_levels, "P": n_points, "BLOCK_D": k["next_pow2"](d)}
-    if block_q is None and interpreting():
-        block_q = 128
-    if block_q is not None:
-        k["plain"][(k["cdiv"](n * lq, block_q), m)](*args, **meta, BLOCK_Q=block_q, num_warps=4)
+    config = config or fixed_config() or ((128, 4) if interpreting() else None)
+    if config is not None:
+        block_q, warps = config
+        k["plain"][(k["cdiv"](n * lq, block_q), m)](*args, **meta, BLOCK_Q=block_q, num_warps=warps)
     else:
         k["tuned"][lambda cfg: (k["cdiv"](n * lq, cfg["BLOCK_Q"]), m)](*args, **meta)
     return out
@@ -153,3 +176,29 @@ def msda_core_triton(value: torch.Tensor, spatial_shapes: SpatialShapes, samplin
     """The fused kernel through ``torch.ops.encbench.msda``."""
     flat = [int(x) for hw in spatial_shapes for x in hw]
     return msda_op(value, flat, sampling_locations, attention_weights)
+
+
+TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def compile_for_target(arch: int, levels: int, value_dtype: torch.dtype, sample_dtype: torch.dtype,
+                       config: tuple[int, int], heads: int = 8, channels: int = 32, points: int = 4) -> Any:
+    """Compile the kernel ahead of time for CUDA ``sm_<arch>`` (no GPU needed; Triton ships ptxas).
+
+    One call is one compilation of a real run: what a cold GPU run pays per (levels, dtypes,
+    configuration). Needs a process without the interpreter (``TRITON_INTERPRET`` unset)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if interpreting():
+        raise RuntimeError("compile_for_target needs TRITON_INTERPRET unset (the interpreter compiles nothing)")
+    fn = kernels()["plain"]
+    value_t, sample_t = TRITON_DTYPES[value_dtype], TRITON_DTYPES[sample_dtype]
+    signature = {"value_ptr": f"*{value_t}", "loc_ptr": f"*{sample_t}", "weight_ptr": f"*{sample_t}",
+                 "out_ptr": f"*{value_t}", **dict.fromkeys(SIZE_ARGS, "i32")}
+    constants = {"M": heads, "D": channels, "L": levels, "P": points, "BLOCK_Q": config[0],
+                 "BLOCK_D": triton.next_power_of_2(channels)}
+    signature.update(dict.fromkeys(constants, "constexpr"))
+    src = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": config[1]})
