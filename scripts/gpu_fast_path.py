@@ -101,7 +101,8 @@ def core_rows(device: torch.device, shapes_names: list[str], iters: int, peak_gb
             floors = msda_floors(1, s, s, m, d, lvl, p, torch.tensor([], dtype=dt).element_size(), peak_gbs)
             for backend in ("pytorch", "triton"):
                 out = core_call(value, shapes, loc, w, backend, dt)
-                ms = median_ms(lambda b=backend, t=dt: core_call(value, shapes, loc, w, b, t), device, iters, warmup)
+                args = (value, shapes, loc, w, backend, dt)
+                ms = median_ms(lambda a=args: core_call(*a), device, iters, warmup)
                 row = {"shapes": name, "queries": s, "dtype": dt_name, "backend": backend, "ms": ms,
                        "max_abs_err": float((out.float() - same_inputs).abs().max()),
                        "rel_err": relative_error(out.float(), same_inputs),

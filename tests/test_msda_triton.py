@@ -187,7 +187,8 @@ def test_gpu_fast_path_script_smoke_run_on_cpu(tmp_path):
     pdr = pd.read_csv(tmp_path / "pixel_decoder.csv")
     assert (pdr["status"] == "ok").all() and len(pdr) == 2 * 2  # backends x precisions (eager only)
     assert pdr[pdr["precision"] == "fp32"]["err_vs_fp32_pytorch"].max() < 1e-5  # triton pixel decoder = pytorch
-    assert summary["fastest_bf16_vs_floor_m2f"]["floor_ms"] > 0 and summary["m2f_fastest_fp32_vs_transformers"]["hf_ms"] > 0
+    assert summary["fastest_bf16_vs_floor_m2f"]["floor_ms"] > 0
+    assert summary["m2f_fastest_fp32_vs_transformers"]["hf_ms"] > 0
 
 
 def test_gpu_fast_path_summary_targets():
@@ -254,8 +255,8 @@ def test_fixed_block_configuration_from_the_environment(monkeypatch):
         def __getitem__(self, grid):
             return lambda *args, **meta: launched.update(grid=grid, **meta)
 
-    monkeypatch.setattr(msda_triton, "kernels", lambda: {"plain": Plain(), "tuned": None, "cdiv": lambda a, b: -(-a // b),
-                                                         "next_pow2": lambda d: d})
+    fake = {"plain": Plain(), "tuned": None, "cdiv": lambda a, b: -(-a // b), "next_pow2": lambda d: d}
+    monkeypatch.setattr(msda_triton, "kernels", lambda: fake)
     monkeypatch.setenv(msda_triton.CONFIG_ENV, "32x2")
     msda_triton.launch(*inputs([(4, 4)], n=1, lq=70)[:1], [4, 4], *inputs([(4, 4)], n=1, lq=70)[1:])
     assert (launched["BLOCK_Q"], launched["num_warps"], launched["grid"]) == (32, 2, (3, 2))
