@@ -105,23 +105,26 @@ def hash_device(requested: str):
 
 def plan(name: str, extra: list[str]) -> list[Job]:
     """Compose every job's config (fails fast on bad overrides) and its config_hash."""
+    fixed, params = load_sweep(name)
+    grid = expand([f"sweep={sweep_path(name).stem}", *fixed], params, extra)
+    return [make_job(i, overrides) for i, overrides in enumerate(grid)]
+
+
+def make_job(index: int, overrides: list[str]) -> Job:
+    """One job: its composed config, config_hash and a short label."""
     from bench.job import measured_config, variant_name
     from bench.row import config_hash
     from models.build import to_dict
     from models.config import compose
 
-    fixed, params = load_sweep(name)
-    jobs = []
-    for i, overrides in enumerate(expand([f"sweep={sweep_path(name).stem}", *fixed], params, extra)):
-        cfg = to_dict(compose(overrides))
-        device = hash_device(cfg.get("device", "auto"))
-        inp = cfg["input"]
-        label = (f"{variant_name(cfg['encoder'])} {cfg['backbone']['name']} {inp['name']} {inp['height']}x"
-                 f"{inp['width']} b{inp['batch']} {cfg.get('precision')} {cfg.get('mode')} "
-                 f"msda={cfg.get('msda_backend', 'pytorch')}"
-                 + ("" if cfg["encoder"].get("force_fp32", True) else " pixdec-lowp"))
-        jobs.append(Job(i, overrides, cfg, config_hash(measured_config(cfg, device)), label))
-    return jobs
+    cfg = to_dict(compose(overrides))
+    device = hash_device(cfg.get("device", "auto"))
+    inp = cfg["input"]
+    label = (f"{variant_name(cfg['encoder'])} {cfg['backbone']['name']} {inp['name']} {inp['height']}x"
+             f"{inp['width']} b{inp['batch']} {cfg.get('precision')} {cfg.get('mode')} "
+             f"msda={cfg.get('msda_backend', 'pytorch')}"
+             + ("" if cfg["encoder"].get("force_fp32", True) else " pixdec-lowp"))
+    return Job(index, overrides, cfg, config_hash(measured_config(cfg, device)), label)
 
 
 def crash_row(job: Job, error: str) -> dict[str, Any]:

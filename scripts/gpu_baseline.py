@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Baseline check: our Mask2Former vs transformers' Mask2Former, same input, same run.
 
 Times the forward pass (no post-processing) of both models, random weights, batch 1, and the
@@ -7,8 +6,8 @@ forward hooks; prints a short table last and writes JSON to ``--out``. Default: 
 1024x2048, fp32, median of 20 after warm-up, on CUDA. ``--device cpu`` runs the same code with
 ``perf_counter`` (used by the test suite at a tiny size).
 
-    python scripts/gpu_baseline.py                      # on the GPU machine
-    python scripts/gpu_baseline.py --device cpu --height 256 --width 384 --iters 2 --warmup 1
+    python -m scripts.gpu_baseline                      # on the GPU machine
+    python -m scripts.gpu_baseline --device cpu --height 256 --width 384 --iters 2 --warmup 1
 """
 
 from __future__ import annotations
@@ -16,18 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.timing import IterationClock, StageClock  # noqa: E402
-from models import build_model  # noqa: E402
-from models.config import compose  # noqa: E402
+from bench.timing import IterationClock, StageClock
+from models import build_model
+from models.config import compose
 
 SWIN = {"swin_t": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7)}
 

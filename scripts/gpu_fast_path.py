@@ -24,6 +24,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -87,7 +88,7 @@ def core_call(value, shapes, loc, w, backend: str, dtype: torch.dtype) -> torch.
 
 
 def core_rows(device: torch.device, shapes_names: list[str], iters: int, peak_gbs: float, warmup: int = 5,
-              writer: RowWriter | None = None) -> list[dict]:
+              writer: RowWriter | None = None, dtypes: dict[str, torch.dtype] | None = None) -> list[dict]:
     """The MSDA core: pytorch vs triton with an fp32/bf16/fp16 value, at each shape set. ``kernel_rel_err``
     compares with the pytorch core on the same rounded value; ``rel_err_vs_fp32`` with the unrounded one."""
     rows = []
@@ -96,7 +97,7 @@ def core_rows(device: torch.device, shapes_names: list[str], iters: int, peak_gb
         value, loc, w = core_inputs(shapes, device)
         s, (m, d), (lvl, p) = value.shape[1], value.shape[2:], loc.shape[3:5]
         ref = msda_core(value, shapes, loc, w, backend="pytorch")
-        for dt_name, dt in DTYPES.items():
+        for dt_name, dt in (dtypes or DTYPES).items():
             same_inputs = msda_core(value.to(dt).float(), shapes, loc, w, backend="pytorch")
             floors = msda_floors(1, s, s, m, d, lvl, p, torch.tensor([], dtype=dt).element_size(), peak_gbs)
             for backend in ("pytorch", "triton"):
@@ -104,6 +105,7 @@ def core_rows(device: torch.device, shapes_names: list[str], iters: int, peak_gb
                 args = (value, shapes, loc, w, backend, dt)
                 ms = median_ms(lambda a=args: core_call(*a), device, iters, warmup)
                 row = {"shapes": name, "queries": s, "dtype": dt_name, "backend": backend, "ms": ms,
+                       "triton_config": os.environ.get("ENCBENCH_MSDA_TRITON_CONFIG", "autotune"),
                        "max_abs_err": float((out.float() - same_inputs).abs().max()),
                        "rel_err": relative_error(out.float(), same_inputs),
                        "rel_err_vs_fp32": relative_error(out.float(), ref),

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """GPU check of the measurement core (one call on the GPU machine; prints a short table last).
 
 1. Swin-T, 1024x2048, fp32, batch 1, each in a fresh ``python -m bench`` process: M2F,
@@ -8,8 +7,8 @@
 3. Harness overhead: a trivial model (one 4096x4096 fp32 matmul) timed by bench.timing vs a
    bare CUDA-event loop.
 
-    python scripts/gpu_measure.py --out $OUT            # rows.csv, summary.json under --out
-    python scripts/gpu_measure.py --only m2f --quick    # a fast smoke run
+    python -m scripts.gpu_measure --out $OUT            # rows.csv, summary.json under --out
+    python -m scripts.gpu_measure --only m2f --quick    # a fast smoke run
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 CONFIGS = {
     "m2f": ["encoder=m2f"],

@@ -1,0 +1,516 @@
+"""Validate encbench on a GPU in one command, in priority order, under one deadline.
+
+A first visit to a GPU machine may be short. This command establishes what matters most first and
+writes each result the moment it has it, so a run cut short keeps everything it finished:
+
+1. ``environment``: GPU name and UUID, driver, torch/CUDA/Triton versions, clocks, power limit, the
+   idle board power (measured before any load) and the NVML energy counter's update period.
+2. ``correctness``: the triton MSDA core against the pytorch core (one shape per level count, fp32
+   and a bf16 value as the model passes it), CUDA-graph replay against eager, whole models across
+   backends, FLOP counts on CPU and GPU.
+3. ``jobs``: result rows through the real job (``python -m bench``, each in a fresh process, short
+   timing settings), Swin-T 1024x2048 batch 1, into a results store (a re-run resumes): fp32 eager
+   M2F (with energy), M2F again (repeat spread), PRO-SCALE (3,3,3)+LPE (with energy), both in the
+   fastest configuration (triton, CUDA graph, bf16 pixel decoder), then PRO-SCALE (1,1,1)+LPE,
+   Lite-M2F and RT-M2F.
+4. ``transformers``: transformers' Mask2Former and ours, same run, same input.
+5. ``core_table``: the MSDA core at Cityscapes and COCO shapes, pytorch vs triton.
+6. ``extras`` (if time remains): compile mode, batch 8, COCO size.
+
+Outputs under ``--out``: ``summary.json`` (rewritten after every step), one JSON per step,
+``core.csv``, ``baseline.json``, the job directories and ``results/results.sqlite``; Triton's and
+Inductor's caches go to ``--out``/cache so compiled kernels can travel to a later run. The summary
+table prints last. ``--plan`` prints the steps, the jobs and the Triton compilations a cold run pays,
+and times those compilations ahead of time for the GPU's architecture (no GPU needed).
+
+    python -m scripts.gpu_validate --out outputs/gpu_validate               # on a GPU machine
+    python -m scripts.gpu_validate --plan                                   # on any machine
+    TRITON_INTERPRET=1 python -m scripts.gpu_validate --smoke --out /tmp/v  # rehearsal on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = ("environment", "correctness", "jobs", "transformers", "core_table", "extras")
+# one fixed kernel configuration: a cold run compiles one variant per (levels, dtypes) instead of three
+TRITON_CONFIG = "32x4"
+TRANSFORMERS_PD_MS_H100 = 39.3  # transformers' fp32 eager Swin-T pixel decoder at 1024x2048 on an H100
+LEVEL_SHAPES = {1: [(64, 128)], 2: [(32, 64), (64, 128)], 3: [(32, 64), (64, 128), (128, 256)],
+                4: [(16, 32), (32, 64), (64, 128), (128, 256)]}
+SMOKE_SHAPES = {1: [(4, 6)], 2: [(3, 4), (4, 6)], 3: [(2, 3), (3, 4), (4, 6)], 4: [(2, 2), (2, 3), (3, 4), (4, 6)]}
+
+
+@dataclass
+class Validation:
+    """One run: where results go, the deadline, what each step found."""
+
+    out: Path
+    deadline: float  # time.monotonic() after which nothing new starts
+    smoke: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+    only: list[str] | None = None  # job names to run (default: all)
+
+    @property
+    def device(self) -> Any:
+        import torch
+
+        return torch.device("cuda" if torch.cuda.is_available() and not self.smoke else "cpu")
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def write(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / "summary.json.tmp"
+        tmp.write_text(json.dumps(self.summary, indent=2, default=str))
+        tmp.replace(self.out / "summary.json")
+
+    def step(self, name: str, fn: Callable[[Validation], dict], need_s: float) -> dict | None:
+        """Run ``fn`` if at least ``need_s`` seconds remain; record its result (or why not) at once."""
+        if self.remaining() < need_s:
+            self.summary.setdefault("steps", {})[name] = {
+                "status": "skipped", "reason": f"deadline: {self.remaining():.0f} s left, needs ~{need_s:.0f} s"}
+            self.write()
+            return None
+        t0 = time.monotonic()
+        print(f"[{name}] {self.remaining():.0f} s left", file=sys.stderr, flush=True)
+        try:
+            result, status = fn(self), "ok"
+        except Exception as err:  # one failed step must not lose the others
+            result, status = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}, "failed"
+            print(result["traceback"], file=sys.stderr)
+        seconds = time.monotonic() - t0
+        self.summary.setdefault("steps", {})[name] = {"status": status, "seconds": round(seconds, 1)}
+        self.summary[name] = result
+        (self.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str))
+        self.write()
+        return result
+
+
+# ---------------------------------------------------------------- 1. environment
+def environment(v: Validation) -> dict:
+    """Versions, the GPU and its settings (read, never changed), idle power before any load, counter tick."""
+    import torch
+
+    from bench import energy
+
+    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                           "cuda": torch.version.cuda, "triton": _version("triton"),
+                           "transformers": _version("transformers"), "device": str(v.device),
+                           "triton_config": os.environ.get("ENCBENCH_MSDA_TRITON_CONFIG")}
+    if v.device.type != "cuda":
+        return {**env, "gpu": None, "reason": "no CUDA device: GPU columns not measured"}
+    env.update(gpu=torch.cuda.get_device_name(), gpu_uuid=energy.cuda_uuid(v.device),
+               capability=".".join(map(str, torch.cuda.get_device_capability())))
+    nvml, reason = energy.load_nvml()
+    if nvml is None:
+        return {**env, "nvml": reason}
+    try:
+        handle, how = energy.nvml_handle(nvml, env["gpu_uuid"])
+        env["nvml_device"] = how
+        env["driver"] = energy._text(nvml.nvmlSystemGetDriverVersion())
+        env["sm_clock_mhz"] = nvml.nvmlDeviceGetClockInfo(handle, energy.NVML_CLOCK_SM)
+        env["sm_clock_mhz_max"] = energy.max_sm_clock(nvml, handle)
+        env["power_limit_w"] = nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1e3
+        env["temp_c"] = nvml.nvmlDeviceGetTemperature(handle, energy.NVML_TEMPERATURE_GPU)
+        env["counter_tick_s"] = energy.counter_tick(nvml, handle, seconds=1.5)
+        env["idle_w"] = energy.EnergyMeter(nvml, handle).idle_power(seconds=4.0, cooldown=0.0)
+    except energy.nvml_error(nvml) as err:
+        env["nvml_error"] = f"{type(err).__name__}: {err}"
+    return env
+
+
+def _version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------- 2. correctness
+def correctness(v: Validation) -> dict:
+    """Triton core vs pytorch core, CUDA-graph replay vs eager, models across backends, FLOPs CPU vs GPU."""
+    import torch
+
+    from models.ops import msda_core, resolve_msda_backend
+    from scripts.gpu_fast_path import core_call
+
+    device, out = v.device, {}
+    triton_ok = resolve_backend_or_none(resolve_msda_backend, device)
+    for levels, shapes in (SMOKE_SHAPES if v.smoke else LEVEL_SHAPES).items():
+        if not triton_ok:
+            out["core"] = "skipped: the triton backend is not available here"
+            break
+        value, loc, w = _core_inputs(shapes, device, v.smoke)
+        for dt_name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            ref = msda_core(value.to(dt).float(), shapes, loc, w, backend="pytorch")  # the same rounded value
+            got = core_call(value, shapes, loc, w, "triton", dt).float()
+            err = float((got - ref).norm() / ref.norm())
+            tol = 1e-5 if dt == torch.float32 else 1e-2
+            out[f"core_L{levels}_{dt_name}_rel_err"] = err
+            out[f"core_L{levels}_{dt_name}_ok"] = err <= tol
+    size = (32, 64) if v.smoke else (256, 512)
+    out["cudagraph_equals_eager"] = cudagraph_check(device, size) if device.type == "cuda" else "skipped: needs CUDA"
+    if triton_ok:
+        for enc in ("m2f", "proscale_333"):
+            out[f"{enc}_backends_max_abs_diff"] = backends_diff(enc, device, size)
+    out["flops_cpu_vs_gpu"] = flops_check(size) if device.type == "cuda" else "skipped: needs CUDA"
+    failed = [k for k, val in out.items() if (k.endswith("_ok") or k == "cudagraph_equals_eager") and val is False]
+    failed += [k for k, val in out.items() if k.endswith("_backends_max_abs_diff") and val > 1e-3]
+    failed += ["flops_cpu_vs_gpu"] if isinstance(out["flops_cpu_vs_gpu"], dict) else []
+    out["failed_checks"] = failed
+    return out
+
+
+def resolve_backend_or_none(resolve: Callable, device: Any) -> bool:
+    try:
+        return resolve("triton", device) == "triton"
+    except RuntimeError:
+        return False
+
+
+def _core_inputs(shapes, device, smoke: bool):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    s, m, d, p, lq = sum(h * w for h, w in shapes), 8, 32, 4, (20 if smoke else 4096)
+    value = torch.randn(1, s, m, d, generator=g)
+    loc = torch.rand(1, lq, m, len(shapes), p, 2, generator=g) * 1.2 - 0.1
+    w = torch.rand(1, lq, m, len(shapes), p, generator=g).softmax(-1)
+    return value.to(device), loc.to(device), w.to(device)
+
+
+def _model(overrides: list[str], size: tuple[int, int], device: Any):
+    import torch
+
+    from models import build_model
+    from models.config import compose
+
+    torch.manual_seed(0)
+    cfg = compose(["backbone=r50", "input=cityscapes", f"input.height={size[0]}", f"input.width={size[1]}",
+                   *overrides])
+    return build_model(cfg).to(device)
+
+
+def cudagraph_check(device: Any, size: tuple[int, int]) -> bool:
+    """M2F with the triton core: one captured forward replayed equals eager (1e-4)."""
+    import torch
+
+    from bench.job import make_runner
+
+    model = _model(["encoder=m2f", "msda_backend=triton"], size, device)
+    x = torch.rand(1, 3, *size, device=device) * 255
+    with torch.no_grad():
+        eager = model(x, postprocess=False)["pred_masks"].clone()
+    run, _ = make_runner(model, x, {"device": device, "precision": "fp32", "mode": "cudagraph"}, False)
+    got = run()["pred_masks"]
+    return bool(torch.allclose(got, eager, atol=1e-4, rtol=1e-4))
+
+
+def backends_diff(encoder: str, device: Any, size: tuple[int, int]) -> float:
+    """Max |pred_masks(triton) - pred_masks(pytorch)| with the same weights."""
+    import torch
+
+    x = torch.rand(1, 3, *size, device=device) * 255
+    outs = []
+    for backend in ("pytorch", "triton"):
+        with torch.no_grad():
+            outs.append(_model([f"encoder={encoder}", f"msda_backend={backend}"], size, device)(
+                x, postprocess=False)["pred_masks"])
+    return float((outs[0] - outs[1]).abs().max())
+
+
+def flops_check(size: tuple[int, int]) -> bool | dict:
+    """R50 (BatchNorm: cudnn on CUDA) FLOP columns identical on CPU and GPU."""
+    import torch
+
+    from bench.flops import count_flops
+
+    size = (size[0] // 2, size[1] // 2)
+    model = _model(["encoder=m2f"], size, "cpu")
+    x = torch.rand(1, 3, *size) * 255
+    cpu = count_flops(model, x)
+    gpu = count_flops(model.cuda(), x.cuda())
+    keys = ("gmacs_total", "gflops_total", "gflops_backbone", "gflops_pixel_decoder")
+    diff = {k: (cpu[k], gpu[k]) for k in keys if not math.isclose(cpu[k], gpu[k], rel_tol=1e-9)}
+    return diff or True
+
+
+# ---------------------------------------------------------------- 3. jobs (and 6. extras)
+def job_overrides(v: Validation) -> list[tuple[str, list[str]]]:
+    """The rows to measure, most important first."""
+    size = ["input.height=64", "input.width=96"] if v.smoke else []
+    idle = v.summary.get("environment", {}).get("idle_w")
+    energy = ["energy.min_seconds=5", "energy.idle_seconds=3", "energy.cooldown_seconds=1",
+              *([f"energy.idle_w={idle:.3f}"] if isinstance(idle, float) and idle == idle else [])]
+    # a rehearsal keeps the pytorch core in its jobs: the interpreter takes minutes per timed forward (the
+    # triton core's arithmetic is checked in ``correctness``); CUDA graphs need CUDA
+    fastest = (["msda_backend=pytorch", "mode=eager", "precision=bf16", "encoder.force_fp32=false"] if v.smoke else
+               ["msda_backend=triton", "mode=cudagraph", "precision=bf16", "encoder.force_fp32=false"])
+    base = ["backbone=swin_t", "input=cityscapes", "input.batch=1", f"device={v.device.type}", *size]
+    lat, lat_e = "measure=[latency,memory]", "measure=[latency,memory,energy]"
+    return [("m2f", [*base, "encoder=m2f", lat_e, *energy]),
+            ("m2f_again", [*base, "encoder=m2f", lat, "seed=1"]),
+            ("ps333", [*base, "encoder=proscale_333", lat_e, *energy]),
+            ("m2f_fastest", [*base, "encoder=m2f", lat, *fastest]),
+            ("ps333_fastest", [*base, "encoder=proscale_333", lat, *fastest]),
+            ("ps111", [*base, "encoder=proscale_111", lat]),
+            ("lite_m2f", [*base, "encoder=lite_m2f", lat]),
+            ("rt_m2f", [*base, "encoder=rt_m2f", lat])]
+
+
+def extra_overrides(v: Validation) -> list[tuple[str, list[str]]]:
+    size = ["input.height=64", "input.width=96"] if v.smoke else []
+    base = ["backbone=swin_t", "input.batch=1", f"device={v.device.type}", "measure=[latency,memory]", *size]
+    compile_ = ["mode=compile", "msda_backend=triton" if not v.smoke else "msda_backend=pytorch"]
+    return [(f"{e}_compile", [*base, "input=cityscapes", f"encoder={e}", *compile_]) for e in ("m2f", "proscale_333")
+            ] + [(f"{e}_batch8", [*base, "input=cityscapes", f"encoder={e}", "input.batch=8"])
+                 for e in ("m2f", "proscale_333")
+            ] + [(f"{e}_coco", [*base, "input=coco", f"encoder={e}"]) for e in ("m2f", "proscale_333")]
+
+
+def timing_overrides(smoke: bool) -> list[str]:
+    """Short but honest timing: warm-up to stability, then at least 2 s (a few iterations in a rehearsal)."""
+    if smoke:
+        return ["timing.min_iters=2", "timing.min_seconds=0", "timing.warmup_min_seconds=0", "timing.warmup_window=1",
+                "timing.warmup_tolerance=10", "timing.stage_iters=1", "timing.e2e=false", "timing.bootstrap=100",
+                "timing.pixel_decoder_alone=true"]
+    return ["timing.min_iters=20", "timing.min_seconds=2", "timing.warmup_min_seconds=1",
+            "timing.warmup_max_seconds=15", "timing.stage_iters=10",
+            "timing.busy_iters=3", "timing.e2e=false", "timing.bootstrap=1000"]
+
+
+def run_jobs(v: Validation, named: list[tuple[str, list[str]]], job_s: float) -> dict:
+    """Each job in a fresh process, into the store; configurations already measured are not run again."""
+    named = [(n, o) for n, o in named if not v.only or n in v.only]
+    from bench.sweep import make_job, run_one
+    from reports.store import ResultStore
+
+    results = v.out / "results"
+    out: dict[str, Any] = {}
+    rows = v.summary.setdefault("rows", {})
+    with ResultStore(results / "results.sqlite") as store:
+        for i, (name, overrides) in enumerate(named):
+            job = make_job(i, ["sweep=gpu_validate", *overrides, *timing_overrides(v.smoke)])
+            if store.status(job.config_hash) == "ok":
+                out[name] = "already measured"
+                rows[name] = brief(store_row(store, job.config_hash))
+                continue
+            if v.remaining() < job_s:
+                out[name] = f"skipped: deadline ({v.remaining():.0f} s left)"
+                continue
+            print(f"  job {name}: {job.label}", file=sys.stderr, flush=True)
+            job_dir = results / "runs" / f"{name}_{job.config_hash}"
+            row = run_one(job, job_dir, results / "flops_cache", timeout=max(v.remaining() - 5, 10))
+            row["config_hash"] = row.get("config_hash") or job.config_hash
+            store.add(row, str(job_dir / "result.json"))
+            out[name] = row.get("status") if row.get("status") == "ok" else f"{row.get('status')}: {row.get('error')}"
+            rows[name] = brief(row)
+            v.write()
+    return out
+
+
+def store_row(store: Any, config_hash: str) -> dict:
+    return next(r for r in store.rows() if r.get("config_hash") == config_hash)
+
+
+BRIEF = ("status", "variant", "precision", "mode", "msda_backend", "latency_ms_p50", "latency_ms_ci95",
+         "latency_ms_pixel_decoder_alone_p50", "latency_ms_pixel_decoder_p50", "gmacs_analytic_pixel_decoder",
+         "mem_peak_alloc_mb", "energy_j_per_img_gross", "energy_j_per_img_net", "idle_w", "power_w_avg",
+         "sm_clock_mhz_min_busy", "sm_clock_mhz_max", "throttle_reasons", "valid", "invalid_reason", "error")
+
+
+def brief(row: dict) -> dict:
+    return {k: row.get(k) for k in BRIEF}
+
+
+# ---------------------------------------------------------------- 4. transformers, 5. core table
+def transformers_baseline(v: Validation) -> dict:
+    """Ours and transformers' Mask2Former (Swin-T, fp32 eager), same run, same input (scripts.gpu_baseline)."""
+    from scripts.gpu_baseline import main as baseline
+
+    size = ["--height", "64", "--width", "96", "--iters", "2", "--warmup", "1"] if v.smoke else [
+        "--iters", "20", "--warmup", "10"]
+    rows = baseline(["--device", v.device.type, *size, "--out", str(v.out / "baseline.json")])
+    return {r["model"]: r for r in rows}
+
+
+def core_table(v: Validation) -> dict:
+    """The MSDA core at Cityscapes and COCO shapes: pytorch vs triton, fp32 and a bf16 value."""
+    import torch
+
+    from bench.roofline import measure_ceilings
+    from scripts.gpu_fast_path import RowWriter, core_rows
+
+    ceilings = measure_ceilings(v.device.type, "fp32", *((256, 16) if v.smoke else ()))
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    rows = core_rows(v.device, ["smoke"] if v.smoke else ["cityscapes", "coco"], 1 if v.smoke else 50,
+                     ceilings["peak_gbs"], 1 if v.smoke else 5, RowWriter(v.out / "core.csv"), dtypes)
+    return {"rows": rows, "peak_gbs": ceilings["peak_gbs"]}
+
+
+# ---------------------------------------------------------------- the summary
+def ratios(summary: dict) -> dict[str, Any]:
+    """The numbers a first visit must bring back, as ratios within this run."""
+    rows = {k: r for k, r in (summary.get("rows") or {}).items() if r.get("status") == "ok"}
+    out: dict[str, Any] = {}
+    for tag, m2f, ps in (("eager_fp32_pytorch", "m2f", "ps333"), ("fastest", "m2f_fastest", "ps333_fastest")):
+        if m2f in rows and ps in rows:
+            out[f"ps333_speed_conversion_{tag}"] = speed_conversion(rows[m2f], rows[ps])
+    if "m2f" in rows and "m2f_again" in rows:
+        a, b = rows["m2f"]["latency_ms_p50"], rows["m2f_again"]["latency_ms_p50"]
+        out["repeat_p50_spread"] = abs(a - b) / statistics.mean([a, b])
+    for name in ("m2f", "ps333"):
+        if name in rows:
+            out[f"{name}_energy"] = {k: rows[name].get(k) for k in ("energy_j_per_img_net", "energy_j_per_img_gross",
+                                                                    "idle_w", "power_w_avg", "valid")}
+    base = summary.get("transformers") or {}
+    if "encbench" in base and "transformers" in base:
+        ours, hf = base["encbench"], base["transformers"]
+        out["m2f_vs_transformers_latency"] = ours["latency_ms_p50"] / hf["latency_ms_p50"]
+        pd_ms = [r.get("latency_ms_pixel_decoder_alone_p50") for k, r in rows.items() if k.startswith("m2f")]
+        pd_ms = [x for x in pd_ms if isinstance(x, float) and x == x]
+        if pd_ms:
+            out["fastest_m2f_pixel_decoder_vs_transformers"] = {
+                "ours_ms": min(pd_ms), "transformers_ms": hf["latency_ms_pixel_decoder_p50"],
+                "speedup": hf["latency_ms_pixel_decoder_p50"] / min(pd_ms),
+                "speedup_vs_h100_reference": TRANSFORMERS_PD_MS_H100 / min(pd_ms)}
+    core = (summary.get("core_table") or {}).get("rows") or []
+    for shapes in ("cityscapes", "smoke"):
+        for dt in ("fp32", "bf16"):
+            ms = {r["backend"]: r["ms"] for r in core if r["shapes"] == shapes and r["dtype"] == dt}
+            if {"pytorch", "triton"} <= set(ms):
+                out[f"core_{shapes}_{dt}"] = {**ms, "speedup": ms["pytorch"] / ms["triton"],
+                                              "cuda_kernel_fp32_ms": 0.72}
+    return out
+
+
+def speed_conversion(m2f: dict, ps: dict) -> dict[str, float]:
+    """Latency reduction / MAC reduction of the pixel decoder (alone) and of the whole forward."""
+    mac = 1 - ps["gmacs_analytic_pixel_decoder"] / m2f["gmacs_analytic_pixel_decoder"]
+    out = {"mac_reduction": mac}
+    for key, col in (("pixel_decoder", "latency_ms_pixel_decoder_alone_p50"), ("model", "latency_ms_p50")):
+        if isinstance(ps.get(col), float) and isinstance(m2f.get(col), float):
+            lat = 1 - ps[col] / m2f[col]
+            out[f"{key}_latency_reduction"] = lat
+            out[f"{key}_conversion"] = lat / mac
+    return out
+
+
+def print_summary(v: Validation) -> None:
+    steps = v.summary.get("steps", {})
+    print("\n# gpu_validate: " + ", ".join(f"{k} {s['status']}" for k, s in steps.items()))
+    env = v.summary.get("environment") or {}
+    print(f"# {env.get('gpu') or env.get('device')}  driver {env.get('driver')}  torch {env.get('torch')}  "
+          f"triton {env.get('triton')}  idle {env.get('idle_w')} W  counter tick {env.get('counter_tick_s')} s")
+    for name, r in (v.summary.get("rows") or {}).items():
+        print(f"{name:<15}{r.get('status') or '':<8}p50 {_f(r.get('latency_ms_p50'))} ms  "
+              f"pixdec {_f(r.get('latency_ms_pixel_decoder_alone_p50'))} ms  "
+              f"net {_f(r.get('energy_j_per_img_net'))} J/img  {r.get('error') or ''}"[:160])
+    print(json.dumps(v.summary.get("ratios", {}), default=str))
+
+
+def _f(x: Any) -> str:
+    return f"{x:.2f}" if isinstance(x, float) and x == x else "-"
+
+
+# ---------------------------------------------------------------- planning without a GPU
+def compile_plan() -> list[tuple[int, str, str]]:
+    """The Triton compilations a cold run needs with the fixed configuration: (levels, value, locations)."""
+    plan = [(lvl, dt, "fp32") for lvl in LEVEL_SHAPES for dt in ("fp32", "bf16")]  # correctness
+    return sorted(set(plan))  # the models (3 levels) and the core table reuse these
+
+
+def plan(arch: int, time_compiles: bool) -> dict:
+    """Steps, jobs and compilations of a full run; with ``time_compiles``, each compiled here for sm_<arch>."""
+    import torch
+
+    from models.ops import msda_triton
+
+    v = Validation(Path("."), math.inf)
+    v.summary["environment"] = {"idle_w": math.nan}
+    block_q, warps = (int(x) for x in TRITON_CONFIG.split("x"))
+    compiles = []
+    for levels, value_t, sample_t in compile_plan():
+        entry = {"levels": levels, "value": value_t, "locations": sample_t, "config": TRITON_CONFIG}
+        if time_compiles:
+            t0 = time.perf_counter()
+            value_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[value_t]
+            msda_triton.compile_for_target(arch, levels, value_dtype, torch.float32, (block_q, warps))
+            entry["seconds"] = time.perf_counter() - t0
+        compiles.append(entry)
+    return {"steps": list(STEPS), "jobs": [n for n, _ in job_overrides(v)],
+            "extras": [n for n, _ in extra_overrides(v)], "compiles": compiles,
+            "compile_seconds": sum(c.get("seconds", 0) for c in compiles)}
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m scripts.gpu_validate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "gpu_validate")
+    ap.add_argument("--deadline", type=float, default=420.0, help="seconds: nothing new starts after this (420)")
+    ap.add_argument("--steps", nargs="*", choices=STEPS, default=list(STEPS), help="a subset of the steps")
+    ap.add_argument("--only", nargs="*", default=None, help="run only these jobs (names as in --plan)")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: a rehearsal of every code path")
+    ap.add_argument("--plan", action="store_true", help="print steps, jobs and Triton compilations; time them "
+                    "ahead of time for --arch (needs TRITON_INTERPRET unset)")
+    ap.add_argument("--arch", type=int, default=90, help="CUDA architecture for --plan (90: H100/H200)")
+    args = ap.parse_args(argv)
+    if args.plan:
+        result = plan(args.arch, time_compiles=True)
+        print(json.dumps(result, indent=2))
+        return result
+    t_start = time.monotonic()
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = args.out / "cache"
+    os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))  # compiled kernels travel with --out
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
+    os.environ.setdefault("ENCBENCH_MSDA_TRITON_CONFIG", TRITON_CONFIG)
+    v = Validation(args.out, t_start + args.deadline, args.smoke, only=args.only)
+    old = args.out / "summary.json"
+    if old.exists():  # a second run resumes: keep what the first one found
+        v.summary = {k: val for k, val in json.loads(old.read_text()).items() if k in ("rows", "transformers",
+                                                                                       "core_table", "environment")}
+    v.summary.update(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), deadline_s=args.deadline, smoke=args.smoke,
+                     commit=_commit())
+    # seconds a step needs to start (the job steps report stored rows at once, and check time per job)
+    needs = {"environment": 5, "correctness": 20, "jobs": 1, "transformers": 25, "core_table": 15, "extras": 1}
+    job_s = 20 if args.smoke else 30
+    fns = {"environment": environment, "correctness": correctness,
+           "jobs": lambda v: run_jobs(v, job_overrides(v), job_s), "transformers": transformers_baseline,
+           "core_table": core_table, "extras": lambda v: run_jobs(v, extra_overrides(v), 1.5 * job_s)}
+    for name in STEPS:
+        if name in args.steps:
+            v.step(name, fns[name], needs[name])
+    v.summary["ratios"] = ratios(v.summary)
+    v.summary["seconds"] = round(time.monotonic() - t_start, 1)
+    v.write()
+    print_summary(v)
+    return v.summary
+
+
+def _commit() -> str | None:
+    from bench.env import git_commit
+
+    return git_commit()
+
+
+if __name__ == "__main__":
+    main()
