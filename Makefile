@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed
 endif
 
-.PHONY: help setup test test-gpu lint gpu-check gpu-measure gpu-fast-path sweep report profile collect export wheelhouse clean
+.PHONY: help setup test test-gpu lint gpu-validate gpu-check gpu-measure gpu-fast-path sweep report profile collect export wheelhouse clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -36,16 +36,19 @@ test-gpu: setup  ## run only the tests marked gpu
 lint: setup  ## ruff
 	$(PY) -m ruff check .
 
+gpu-validate: setup  ## validate on a GPU in priority order under one deadline (docs/gpu.md); ARGS="--deadline 420"
+	$(PY) -m scripts.gpu_validate --out outputs/gpu_validate $(ARGS)
+
 gpu-check: setup  ## baseline: our Mask2Former vs transformers', Swin-T 1024x2048 fp32 (GPU)
-	$(PY) scripts/gpu_baseline.py --out outputs/gpu_baseline.json
+	$(PY) -m scripts.gpu_baseline --out outputs/gpu_baseline.json
 
-gpu-measure: setup  ## measurement-core check on the GPU: 7 encoders + repeat + harness overhead (scripts/gpu_measure.py)
-	$(PY) scripts/gpu_measure.py --out outputs/gpu_measure
+gpu-measure: setup  ## measurement-core check on the GPU: 7 encoders + repeat + harness overhead
+	$(PY) -m scripts.gpu_measure --out outputs/gpu_measure
 
-gpu-fast-path: setup  ## issue-6 GPU check: MSDA core and pixel decoders per backend/mode/precision (scripts/gpu_fast_path.py)
-	$(PY) scripts/gpu_fast_path.py --out outputs/gpu_fast_path $(ARGS)
+gpu-fast-path: setup  ## fast-path benchmark: MSDA core and pixel decoders per backend/mode/precision (GPU)
+	$(PY) -m scripts.gpu_fast_path --out outputs/gpu_fast_path $(ARGS)
 
-wheelhouse:  ## build .whl/: pure-Python wheels the offline GPU machine lacks
+wheelhouse:  ## build .whl/: pure-Python wheels for a GPU machine without a package index
 	bash scripts/wheelhouse.sh
 
 profile: setup  ## per-layer profiler trace and table: make profile ARGS="encoder=proscale input=cityscapes"
