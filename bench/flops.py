@@ -4,7 +4,7 @@
   ``tools/analyze_model.py`` (one multiply-add = 1, detectron2's ignore list, grid_sampler at 4
   per output element, the traced call including post-processing). With ``count_attention`` (default)
   ``baddbmm`` and ``scaled_dot_product_attention`` get handles, as the papers' torch-1.9 era
-  ``bmm`` attention was counted (encoders.md 2.5).
+  ``bmm`` attention was counted (docs/models.md §2.5).
 - ``gflops_*``: true FLOPs (2 x MAC) from ``torch.utils.flop_counter.FlopCounterMode`` with
   formulas added for grid_sampler, upsampling, GroupNorm/LayerNorm/BatchNorm and CPU SDPA.
 - ``gmacs_ptflops_total``: ptflops' ``aten`` backend (mm/bmm/addmm/conv only), in the same pass.

@@ -62,27 +62,6 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def variant_name(encoder: Mapping[str, Any]) -> str:
-    """Short human label: ``m2f``, ``proscale(3,3,3)+lpe+trc``, ``lite_m2f(h2,3x2)``, ``rt_m2f(e1.0)``."""
-    name = encoder["name"]
-    if name == "proscale":
-        label = "proscale(" + ",".join(str(n) for n in encoder.get("layers", (3, 3, 3))) + ")"
-        label += "+lpe" if encoder.get("lpe", True) else ""
-        trc = encoder.get("trc", "faithful")
-        label += {"faithful": "+trc", "fixed": "+trc_fixed", "off": ""}[trc]
-        return label + ("+res" if encoder.get("residual") else "")
-    if name == "lite_m2f":
-        high, blocks, per = encoder.get("high_levels", 2), encoder.get("blocks", 3), encoder.get("layers_per_block", 2)
-        label = f"lite_m2f(h{high},{blocks}x{per})"
-        return label + ("+kda" if encoder.get("kda") else "") + ("" if encoder.get("small_ffn", True) else "+fullffn")
-    if name == "rt_m2f":
-        label = f"rt_m2f(e{float(encoder.get('expansion', 1.0)):g})"
-        return label + ("+pos_fixed" if encoder.get("pos_embed") == "fixed" else "")
-    if name == "m2f" and encoder.get("num_layers", 6) != 6:
-        return f"m2f({encoder['num_layers']})"
-    return name
-
-
 def to_json(row: Mapping[str, Any]) -> str:
     """One line of JSON; NaN becomes null so every JSON parser reads it."""
     def clean(v: Any) -> Any:

@@ -112,10 +112,10 @@ def plan(name: str, extra: list[str]) -> list[Job]:
 
 def make_job(index: int, overrides: list[str]) -> Job:
     """One job: its composed config, config_hash and a short label."""
-    from bench.job import measured_config, variant_name
+    from bench.config import compose, to_dict
+    from bench.job import measured_config
     from bench.row import config_hash
-    from models.build import to_dict
-    from models.config import compose
+    from models.encoders import variant_name
 
     cfg = to_dict(compose(overrides))
     device = hash_device(cfg.get("device", "auto"))
@@ -162,7 +162,7 @@ def run_sweep(name: str, extra: list[str], results: Path, force: bool = False, d
     """Run (or resume) a sweep; returns the number of failed jobs."""
     from tqdm import tqdm
 
-    from reports.store import ResultStore
+    from bench.store import ResultStore
 
     jobs = plan(name, extra)
     with ResultStore(results / "results.sqlite") as store:

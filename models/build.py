@@ -21,15 +21,12 @@ from models.segmentor import Segmentor
 POSTPROCESS_KEYS = ("tasks", "thing_ids", "object_mask_threshold", "overlap_threshold", "topk_per_image")
 
 
-def to_dict(cfg: Any) -> dict:
-    """A plain, resolved dict from an OmegaConf config or a mapping."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
+def _plain(cfg: Any) -> dict:
+    """A plain dict from an OmegaConf config (as Hydra apps pass it) or a mapping."""
+    if hasattr(cfg, "_metadata"):  # an OmegaConf container, without importing omegaconf here
+        from omegaconf import OmegaConf
 
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return dict(cfg)
 
 
@@ -59,7 +56,7 @@ def check_input(inp: Mapping[str, Any]) -> None:
 
 def build_model(cfg: Any) -> Segmentor:
     """Build the segmentor described by ``cfg`` in eval mode (random weights)."""
-    cfg = to_dict(cfg)
+    cfg = _plain(cfg)
     for group in ("backbone", "encoder", "decoder", "input"):
         if group not in cfg:
             raise ValueError(f"config needs a {group!r} group")

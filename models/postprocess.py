@@ -1,4 +1,4 @@
-"""Mask2Former inference post-processing (encoders.md 6.2): semantic, panoptic, instance.
+"""Mask2Former inference post-processing (docs/models.md §6.2): semantic, panoptic, instance.
 
 Faithful to upstream ``MaskFormer.forward`` at inference: mask logits are upsampled to the padded
 input size, cropped to each image's valid size and resized to its output size

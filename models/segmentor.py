@@ -1,6 +1,6 @@
 """The Mask2Former-style segmentor: backbone -> pixel_decoder -> transformer_decoder -> postprocess.
 
-Stage names are a contract with bench/ (DESIGN.md): ``backbone``, ``pixel_decoder`` (sub-stages
+Stage names are a contract with bench/ (docs/results.md): ``backbone``, ``pixel_decoder`` (sub-stages
 ``pixel_decoder_layers`` and ``pixel_embedding``), ``transformer_decoder`` (with heads) and
 ``postprocess``. :meth:`Segmentor.stage_modules` maps each name to the module that runs it.
 """

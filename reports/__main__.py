@@ -34,8 +34,8 @@ def parse(argv: list[str]) -> tuple[str, dict[str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.store import ResultStore
     from reports.build import build_report
-    from reports.store import ResultStore
 
     command, opts = parse(sys.argv[1:] if argv is None else argv)
     results = Path(opts.get("results", REPO / "results"))

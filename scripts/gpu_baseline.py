@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.config import compose
 from bench.timing import IterationClock, StageClock
 from models import build_model
-from models.config import compose
 
 SWIN = {"swin_t": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7)}
 

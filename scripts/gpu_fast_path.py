@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 
+from bench.config import compose
 from bench.job import pixel_decoder_runner
 from bench.precision import relative_error
 from bench.roofline import floor_ms, measure_ceilings, median_ms, min_bytes_by_path, msda_floors
 from bench.timing import StageClock
 from models import build_model
-from models.config import compose
 from models.ops import msda_core
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,8 +127,8 @@ def pixel_decoder_rows(device: torch.device, encoders: list[str], size: tuple[in
                        iters: int, budget: float, t0: float, warmup: int = 10, writer: RowWriter | None = None
                        ) -> tuple[list[dict], list[str]]:
     """Every configuration of ``PRIORITY`` (restricted to ``modes``), each for every encoder before the next."""
-    from bench.analytic import pixel_decoder_macs
-    from models.build import to_dict
+    from bench.config import to_dict
+    from models.encoders.analytic import pixel_decoder_macs
 
     rows, skipped = [], []
     h, w = size

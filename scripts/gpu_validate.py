@@ -199,8 +199,8 @@ def _core_inputs(shapes, device, smoke: bool):
 def _model(overrides: list[str], size: tuple[int, int], device: Any):
     import torch
 
+    from bench.config import compose
     from models import build_model
-    from models.config import compose
 
     torch.manual_seed(0)
     cfg = compose(["backbone=r50", "input=cityscapes", f"input.height={size[0]}", f"input.width={size[1]}",
@@ -299,8 +299,8 @@ def timing_overrides(smoke: bool) -> list[str]:
 def run_jobs(v: Validation, named: list[tuple[str, list[str]]], job_s: float) -> dict:
     """Each job in a fresh process, into the store; configurations already measured are not run again."""
     named = [(n, o) for n, o in named if not v.only or n in v.only]
+    from bench.store import ResultStore
     from bench.sweep import make_job, run_one
-    from reports.store import ResultStore
 
     results = v.out / "results"
     out: dict[str, Any] = {}

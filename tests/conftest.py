@@ -10,7 +10,7 @@ import torch
 if not torch.cuda.is_available():  # the triton MSDA backend runs in Triton's CPU interpreter (tests only)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from models.config import compose  # noqa: E402
+from bench.config import compose  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 
+from bench.config import compose
 from models import build_model
-from models.config import compose
 
 
 def explain(model, x, postprocess: bool):

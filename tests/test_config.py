@@ -6,8 +6,8 @@ import pytest
 import torch
 from hydra.errors import MissingConfigException
 
+from bench.config import compose
 from models import build_model
-from models.config import compose
 from models.registry import UnknownNameError
 
 

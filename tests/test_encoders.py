@@ -32,7 +32,7 @@ def input_side(ch: dict[str, int]) -> int:
 @pytest.mark.parametrize("levels", [1, 2, 3])
 def test_proscale_layer_params(levels):
     assert n_params(MSDeformEncoderLayer(C, 1024, 0.0, levels, 8, 4)) == encoder_layer(levels)
-    assert encoder_layer(levels) == {1: 682_848, 2: 707_520, 3: 732_192}[levels]  # encoders.md 5.4
+    assert encoder_layer(levels) == {1: 682_848, 2: 707_520, 3: 732_192}[levels]  # docs/models.md §5.4
 
 
 @pytest.mark.parametrize("backbone,published", [("r50", 7.421), ("swin_t", 6.806)])
@@ -53,7 +53,7 @@ def test_lite_m2f_params():
     assert n_params(ENCODERS.get("lite_m2f")(SWIN_T)) == derived
     kda = derived - 6 * linear(C, 8 * 3 * 4)  # KDA drops the attention-weights linear, uses query_proj
     assert n_params(ENCODERS.get("lite_m2f")(SWIN_T, kda=True)) == kda
-    # R50, encoders.md 3.4: 6.83 M with MSDA, 6.68 M with KDA
+    # R50, docs/models.md §3.4: 6.83 M with MSDA, 6.68 M with KDA
     r50 = [n_params(ENCODERS.get("lite_m2f")(CHANNELS["r50"], kda=k)) for k in (False, True)]
     assert [round(p / 1e6, 2) for p in r50] == [6.83, 6.68]
 
@@ -69,7 +69,7 @@ def test_rt_m2f_params():
               + 2 * conv_bn(C, C, 1) + 2 * conv_bn(C, C, 3) + 4 * csp)
     mask_branch = conv_bn(SWIN_T["res2"], C, 1) + conv_bn(C, C, 3) + conv(C, C, 1, True)
     assert n_params(ENCODERS.get("rt_m2f")(SWIN_T)) == hybrid + mask_branch
-    assert round(hybrid / 1e6, 2) == 11.38  # encoders.md 4.3
+    assert round(hybrid / 1e6, 2) == 11.38  # docs/models.md §4.3
     half = ENCODERS.get("rt_m2f")(SWIN_T, expansion=0.5)
     assert n_params(half) < n_params(ENCODERS.get("rt_m2f")(SWIN_T))
 

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.analytic import pixel_decoder_macs
 from bench.flops import count_dispatch, count_flops, count_fvcore, flop_formulas, is_compute_op
 from models import build_model
 from models.encoders import ENCODERS
+from models.encoders.analytic import pixel_decoder_macs
 from models.layers import MSDeformAttn
 from tests.test_params import CHANNELS
 

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from bench.config import compose
 from bench.flops import count_flops
 from bench.job import run_job
 from bench.timing import IterationClock, gpu_busy_ms
 from models import build_model
-from models.config import compose
 
 pytestmark = pytest.mark.gpu
 

@@ -46,7 +46,7 @@ def test_rehearsal_of_the_jobs_resumes_and_keeps_the_deadline(tmp_path):
     assert second["jobs"]["m2f"] == second["jobs"]["m2f_again"] == "already measured"
     assert second["jobs"]["ps333"].startswith("skipped: deadline")
     assert second["rows"]["m2f"]["latency_ms_p50"] == first["rows"]["m2f"]["latency_ms_p50"]
-    from reports.store import ResultStore
+    from bench.store import ResultStore
 
     with ResultStore(tmp_path / "results" / "results.sqlite") as store:
         assert len(store.rows("history")) == 2

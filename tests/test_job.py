@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from bench import job as job_mod
+from bench.config import compose
 from bench.job import parse_measures, run_job
-from bench.row import COLUMNS, STAGES, TIMED_STAGES, config_hash, variant_name
-from models.config import compose
+from bench.row import COLUMNS, STAGES, TIMED_STAGES, config_hash
+from models.encoders import variant_name
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["backbone=r50", "input=ade20k", "input.height=64", "input.width=96"]

@@ -216,7 +216,7 @@ def test_gpu_fast_path_interleaves_encoders_and_writes_rows_at_once(tmp_path, mo
 
     monkeypatch.setattr(fp, "build_model", lambda cfg: torch.nn.Linear(1, 1))
     monkeypatch.setattr(fp, "pixel_decoder_runner", lambda *a, **k: (lambda: None, {}))
-    monkeypatch.setattr("bench.analytic.pixel_decoder_macs", lambda *a: {"pixel_decoder": 1e9})
+    monkeypatch.setattr("models.encoders.analytic.pixel_decoder_macs", lambda *a: {"pixel_decoder": 1e9})
     monkeypatch.setattr(torch.nn.Linear, "backbone", type("B", (), {"out_channels": [1]}), raising=False)
     clock = {"t": 0.0}
 

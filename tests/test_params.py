@@ -56,7 +56,7 @@ def transformer_decoder(queries: int, classes: int = 133, layers: int = 9) -> in
 
 def test_encoder_layer_three_levels():
     assert n_params(MSDeformEncoderLayer(C, F_ENC, 0.0, 3, M, P)) == encoder_layer(3)
-    assert encoder_layer(3) == 732_192  # encoders.md 1.3
+    assert encoder_layer(3) == 732_192  # docs/models.md §1
 
 
 @pytest.mark.parametrize("backbone", sorted(CHANNELS))
@@ -66,7 +66,7 @@ def test_m2f_pixel_decoder(backbone):
 
 
 def test_m2f_pixel_decoder_published_sizes():
-    # encoders.md 1.3: 6.036 M (R50), 5.422 M (Swin-T), 5.790 M (Swin-L)
+    # docs/models.md §1: 6.036 M (R50), 5.422 M (Swin-T), 5.790 M (Swin-L)
     assert [round(m2f_pixel_decoder(CHANNELS[b]) / 1e6, 3) for b in ("r50", "swin_t", "swin_l")] == [
         6.036, 5.422, 5.790]
 

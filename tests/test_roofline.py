@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from bench.config import compose
 from bench.job import run_job
 from bench.roofline import floor_ms, measure_ceilings, min_bytes_by_path, msda_floors, roofline_table
-from models.config import compose
 
 TINY = ["backbone=r50", "input=ade20k", "input.height=64", "input.width=96"]
 FAST = ["timing.min_iters=3", "timing.min_seconds=0.01", "timing.warmup_min_seconds=0.0",

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.store import ResultStore
 from bench.sweep import expand, plan, run_sweep
 from reports.build import build_report, load_accuracy
 from reports.pareto import front_steps, pareto_mask
-from reports.store import ResultStore
 
 TINY_SWEEP = """
 defaults:

@@ -1,4 +1,4 @@
-"""Mask2Former's multi-scale masked-attention transformer decoder and heads (encoders.md 6.1).
+"""Mask2Former's multi-scale masked-attention transformer decoder and heads (docs/models.md §6.1).
 
 Nine post-norm layers (cross-attention first, then self-attention, then FFN 2048) cycle over the
 levels [s32, s16, s8]; the prediction head (shared LayerNorm, class linear, 3-layer mask MLP and

@@ -7,4 +7,14 @@ ENCODERS: Registry = Registry("encoder")
 from models.encoders import lite_m2f, m2f, proscale, rt_m2f  # noqa: E402,F401  (register themselves)
 from models.encoders.base import PixelDecoder, PixelDecoderOutput  # noqa: E402
 
-__all__ = ["ENCODERS", "PixelDecoder", "PixelDecoderOutput"]
+
+def variant_name(encoder: dict) -> str:
+    """Short human label of an encoder config: ``m2f``, ``proscale(3,3,3)+lpe+trc``, ``lite_m2f(h2,3x2)``,
+    ``rt_m2f(e1.0)``; each encoder's ``variant_label`` decides, the registered name otherwise."""
+    name = encoder["name"]
+    label = ENCODERS.get(name).variant_label({k: v for k, v in encoder.items() if k != "name"}) \
+        if name in ENCODERS else None
+    return label or name
+
+
+__all__ = ["ENCODERS", "PixelDecoder", "PixelDecoderOutput", "variant_name"]

@@ -1,4 +1,4 @@
-"""Pieces every pixel decoder shares (encoders.md 1.1) and the PixelDecoder base class.
+"""Pieces every pixel decoder shares (docs/models.md §1.1) and the PixelDecoder base class.
 
 A pixel decoder maps backbone features {res2..res5} to (mask_features at stride 4,
 transformer_encoder_features = stride-32 map, multi_scale_features = [s32, s16, s8]). It has
@@ -10,7 +10,7 @@ the mask-feature projection: stage ``pixel_embedding``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -73,7 +73,7 @@ def reference_points(shapes: Sequence[tuple[int, int]], n_levels: int, batch: in
 
 
 class PixelEmbedding(nn.Module):
-    """The stride-4 branch and mask features (encoders.md 1.1 steps 10-11).
+    """The stride-4 branch and mask features (docs/models.md §1, step 8-9).
 
     y = output_conv(lateral_conv(res2) + bilinear_up(finest)); mask_features = 1x1 conv(y).
     ``output_conv`` is a bias-free 3x3 conv + GN(32) + ReLU; PRO-SCALE's LPE swaps it for a
@@ -113,6 +113,18 @@ class PixelDecoder(nn.Module):
 
     transformer: nn.Module
     pixel_embedding: PixelEmbedding
+    analytic_input_norm: ClassVar[bool] = True  # input projections carry a GroupNorm (RT-M2F: BatchNorm, 0 MACs)
+
+    @staticmethod
+    def analytic_layers(tokens: Any, **options: Any) -> tuple[int, int] | None:
+        """(formula MACs, norm and other MACs) of the encoder layers for ``tokens`` (an ``analytic.Tokens``),
+        or None: no analytic model (the analytic columns are then NaN)."""
+        return None
+
+    @staticmethod
+    def variant_label(options: Mapping[str, Any]) -> str | None:
+        """A short label of this configuration (``proscale(3,3,3)+lpe+trc``); None: the registered name."""
+        return None
 
     def __init__(self, in_channels: Mapping[str, int], force_fp32: bool = True) -> None:
         super().__init__()

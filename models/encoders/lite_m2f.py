@@ -1,4 +1,4 @@
-"""Lite-M2F: Lite-DETR's interleaved encoder on Mask2Former's three levels, encoders.md 3.1-3.4.
+"""Lite-M2F: Lite-DETR's interleaved encoder on Mask2Former's three levels, docs/models.md §3.1-3.4.
 
 The first ``high_levels`` levels in M2F's order (stride 32, then 16) are "high-level" tokens, a
 prefix of the token sequence. Each of ``blocks`` blocks has ``layers_per_block - 1`` H layers
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.encoders import ENCODERS
+from models.encoders.analytic import F_ENC, NORM, C, Tokens, deform_layer, msda_query_macs
 from models.encoders.base import PixelDecoder, PixelEmbedding, flatten_levels, reference_points, split_levels
 from models.encoders.m2f import MSDeformEncoder
 from models.layers import MSDeformAttn, MSDeformEncoderLayer
@@ -26,7 +28,7 @@ from models.ops.msda import msda_sample
 
 
 class KeyAwareDeformAttn(MSDeformAttn):
-    """KDA (encoders.md 3.2): weights = softmax_{L*P}(<q_m, sampled K_m> / sqrt(D)), K = V sampled again.
+    """KDA (docs/models.md §3.2): weights = softmax_{L*P}(<q_m, sampled K_m> / sqrt(D)), K = V sampled again.
 
     Pure PyTorch, as upstream (no kernel): keys and values are sampled by two grid_sample passes.
     """
@@ -119,6 +121,28 @@ class LiteEncoder(MSDeformEncoder):
 @ENCODERS.register("lite_m2f")
 class LiteM2FPixelDecoder(PixelDecoder):
     """Lite-M2F pixel decoder: ``high_levels`` (1|2), ``blocks``, ``layers_per_block``, ``kda``, ``small_ffn``."""
+
+    @staticmethod
+    def analytic_layers(tokens: Tokens, high_levels: int = 2, blocks: int = 3, layers_per_block: int = 2,
+                        kda: bool = False, small_ffn: bool = True, **_: Any) -> tuple[int, int]:
+        """Per block: H layers (high-level queries, all values), then one F layer over every token."""
+        t = tokens
+        n_high = t.n32 + (t.n16 if high_levels == 2 else 0)
+        n_low = t.n - n_high
+        h_f, h_n = deform_layer(n_high, t.n, 3, kda=kda)
+        attn_all = t.n * C * C + t.n * msda_query_macs(3, kda)
+        if small_ffn:
+            f_f = attn_all + n_high * 2 * C * F_ENC + n_low * 2 * C * C
+            f_n = NORM * C * (t.n + n_high + n_low)  # norm1 on all, norm2 on high, small norm on low
+        else:
+            f_f, f_n = deform_layer(t.n, t.n, 3, kda=kda)
+        return blocks * ((layers_per_block - 1) * h_f + f_f), blocks * ((layers_per_block - 1) * h_n + f_n)
+
+    @staticmethod
+    def variant_label(options: Mapping[str, Any]) -> str:
+        high, blocks = options.get("high_levels", 2), options.get("blocks", 3)
+        label = f"lite_m2f(h{high},{blocks}x{options.get('layers_per_block', 2)})"
+        return label + ("+kda" if options.get("kda") else "") + ("" if options.get("small_ffn", True) else "+fullffn")
 
     def __init__(self, in_channels: Mapping[str, int], high_levels: int = 2, blocks: int = 3,
                  layers_per_block: int = 2, kda: bool = False, small_ffn: bool = True, d_model: int = 256,

@@ -1,4 +1,4 @@
-"""Mask2Former's MSDeformAttn pixel decoder (M2F), encoders.md 1.1.
+"""Mask2Former's MSDeformAttn pixel decoder (M2F), docs/models.md §1.1.
 
 Input projections (1x1 conv + GN) of res5, res4, res3; sine positional encoding plus a learned
 level embedding; ``num_layers`` post-norm deformable layers (FFN 1024) where every token of the
@@ -8,11 +8,13 @@ three levels queries all three levels; split back per level; the stride-4 branch
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from models.encoders import ENCODERS
+from models.encoders.analytic import Tokens, deform_layer
 from models.encoders.base import (
     TRANSFORMER_LEVELS,
     PixelDecoder,
@@ -62,6 +64,16 @@ class MSDeformEncoder(nn.Module):
 @ENCODERS.register("m2f")
 class M2FPixelDecoder(PixelDecoder):
     """The baseline MSDeformAttn pixel decoder."""
+
+    @staticmethod
+    def analytic_layers(tokens: Tokens, num_layers: int = 6, **_: Any) -> tuple[int, int]:
+        """``num_layers`` 3-level layers over all tokens."""
+        f, n = deform_layer(tokens.n, tokens.n, 3)
+        return num_layers * f, num_layers * n
+
+    @staticmethod
+    def variant_label(options: Mapping[str, Any]) -> str | None:
+        return f"m2f({options['num_layers']})" if options.get("num_layers", 6) != 6 else None
 
     def __init__(self, in_channels: Mapping[str, int], d_model: int = 256, mask_dim: int = 256,
                  num_layers: int = 6, ffn_dim: int = 1024, n_heads: int = 8, n_points: int = 4,

@@ -1,4 +1,4 @@
-"""PRO-SCALE (Aich et al., ICLR 2025): progressive token length scaling, encoders.md 5.1-5.4.
+"""PRO-SCALE (Aich et al., ICLR 2025): progressive token length scaling, docs/models.md §5.1-5.4.
 
 Phase P1 runs ``layers[0]`` 1-level deformable layers on the stride-32 tokens only; P2 appends
 the input-projected stride-16 tokens and runs ``layers[1]`` 2-level layers; P3 appends the
@@ -10,12 +10,14 @@ guided by the input-projected stride-8 tokens; LPE replaces the stride-4 3x3 con
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.encoders import ENCODERS
+from models.encoders.analytic import C, Tokens, deform_layer
 from models.encoders.base import PixelDecoder, PixelEmbedding, flatten_levels, reference_points, split_levels
 from models.encoders.m2f import MSDeformEncoder
 from models.layers import MSDeformEncoderLayer
@@ -106,6 +108,24 @@ class ProScaleEncoder(MSDeformEncoder):
 @ENCODERS.register("proscale")
 class ProScalePixelDecoder(PixelDecoder):
     """PRO-SCALE pixel decoder: ``layers=[p1, p2, p3]``, ``lpe``, ``trc`` (faithful | fixed | off)."""
+
+    @staticmethod
+    def analytic_layers(tokens: Tokens, layers: Sequence[int] = (3, 3, 3), trc: str = "faithful", **_: Any
+                        ) -> tuple[int, int]:
+        """P1 layers on the s32 tokens (1 level), P2 on s32+s16 (2), P3 on all (3); TRC's gate and resize."""
+        t, f, n = tokens, 0, 0
+        for count, (n_tok, levels) in zip(layers, ((t.n32, 1), (t.n32 + t.n16, 2), (t.n, 3)), strict=True):
+            lf, ln = deform_layer(n_tok, n_tok, levels)
+            f, n = f + count * lf, n + count * ln
+        trc_macs = 0 if trc == "off" else (t.n32 + t.n16) * (C + 4 * C)  # gate linear + resized guide
+        return f, n + trc_macs
+
+    @staticmethod
+    def variant_label(options: Mapping[str, Any]) -> str:
+        label = "proscale(" + ",".join(str(n) for n in options.get("layers", (3, 3, 3))) + ")"
+        label += "+lpe" if options.get("lpe", True) else ""
+        label += {"faithful": "+trc", "fixed": "+trc_fixed", "off": ""}[options.get("trc", "faithful")]
+        return label + ("+res" if options.get("residual") else "")
 
     def __init__(self, in_channels: Mapping[str, int], layers: Sequence[int] = (3, 3, 3), lpe: bool = True,
                  trc: str = "faithful", residual: bool = False, trc_temperature: float = 0.1,

@@ -1,4 +1,4 @@
-"""RT-M2F: RT-DETR's hybrid encoder in Mask2Former, encoders.md 4.1-4.3.
+"""RT-M2F: RT-DETR's hybrid encoder in Mask2Former, docs/models.md §4.1-4.3.
 
 BN input projections of res3..res5; AIFI (one post-norm transformer layer, 8 heads, FFN 1024,
 GELU) on the stride-32 tokens only, with RT-DETR's 2-D sin-cos embedding; CCFM top-down and
@@ -9,12 +9,14 @@ first; Mask2Former's stride-4 mask branch on res2 and the stride-8 output.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.encoders import ENCODERS
+from models.encoders.analytic import F_ENC, NORM, C, Tokens
 from models.encoders.base import PixelDecoder, PixelEmbedding
 
 POS_EMBED_MODES = ("faithful", "fixed")
@@ -140,9 +142,34 @@ class HybridEncoder(nn.Module):
         return outs[::-1]
 
 
+def csp_macs(n: int, expansion: float, num_blocks: int = 3) -> int:
+    """MACs of one CSPRep layer on ``n`` tokens (RepVGG blocks in training form, as counted upstream)."""
+    h = int(C * expansion)
+    return 2 * n * 2 * C * h + num_blocks * 10 * n * h * h + (n * h * C if h != C else 0)
+
+
 @ENCODERS.register("rt_m2f")
 class RTM2FPixelDecoder(PixelDecoder):
     """RT-M2F pixel decoder: ``expansion`` (CSPRep width, default 1.0), ``pos_embed`` (faithful | fixed)."""
+
+    analytic_input_norm = False  # BatchNorm after the input projections: 0 MACs, as detectron2 counts it
+
+    @staticmethod
+    def analytic_layers(tokens: Tokens, expansion: float = 1.0, num_blocks: int = 3, ffn_dim: int = F_ENC,
+                        **_: Any) -> tuple[int, int]:
+        """AIFI on the s32 tokens, CCFM's laterals, down-sampling convs and four CSPRep blocks."""
+        t = tokens
+        aifi = 4 * t.n32 * C * C + 2 * t.n32 * t.n32 * C + 2 * t.n32 * C * ffn_dim
+        lateral = C * C * (t.n32 + t.n16)
+        upsample = C * (t.n16 + t.n8)  # nearest: 1 per output element
+        down = 9 * C * C * (t.n16 + t.n32)
+        blocks = sum(csp_macs(n, expansion, num_blocks) for n in (t.n16, t.n8, t.n16, t.n32))
+        return aifi + lateral + down + blocks, 2 * NORM * t.n32 * C + upsample
+
+    @staticmethod
+    def variant_label(options: Mapping[str, Any]) -> str:
+        label = f"rt_m2f(e{float(options.get('expansion', 1.0)):g})"
+        return label + ("+pos_fixed" if options.get("pos_embed") == "fixed" else "")
 
     def __init__(self, in_channels: Mapping[str, int], expansion: float = 1.0, pos_embed: str = "faithful",
                  num_blocks: int = 3, d_model: int = 256, mask_dim: int = 256, ffn_dim: int = 1024, n_heads: int = 8,

@@ -1,6 +1,6 @@
 """Multi-scale deformable attention module and the post-norm deformable encoder layer.
 
-Follows Mask2Former's ``MSDeformAttn`` (encoders.md 2.1): value projection over all value
+Follows Mask2Former's ``MSDeformAttn`` (docs/models.md §2.1): value projection over all value
 tokens, sampling offsets and attention weights from the query, a softmax over the L*P samples
 of each head, locations = reference point + offset / (W_l, H_l), the core, an output projection.
 """

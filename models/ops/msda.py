@@ -2,7 +2,7 @@
 
 The core maps value (N, S, M, D), per-level spatial shapes [(H_l, W_l)], sampling locations
 (N, Lq, M, L, P, 2) in [0, 1] (x, y) and attention weights (N, Lq, M, L, P) to (N, Lq, M*D).
-Backend ``pytorch`` is Mask2Former's grid_sample reference (encoders.md 2.2); ``triton`` (in
+Backend ``pytorch`` is Mask2Former's grid_sample reference (docs/models.md §2.2); ``triton`` (in
 ``msda_triton``) is one fused kernel; ``auto`` picks the best backend eligible on a device
 (``triton`` on CUDA when Triton is installed, ``pytorch`` elsewhere).
 """
@@ -102,7 +102,7 @@ def msda_core_pytorch(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
 ) -> torch.Tensor:
-    """grid_sample reference (encoders.md 2.2): sample every level, weight, sum over L*P."""
+    """grid_sample reference (docs/models.md §2.2): sample every level, weight, sum over L*P."""
     n, _, m, d = value.shape
     _, lq, _, n_levels, n_points, _ = sampling_locations.shape
     weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, n_levels * n_points)

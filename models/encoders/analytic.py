@@ -1,10 +1,11 @@
-"""Analytic MAC model of every pixel decoder (encoders.md 2.4, 3.4, 4.3, 5.5).
+"""Analytic MAC model of the pixel decoders (docs/models.md §2.4, §3, §4, §5.5): the shared terms here,
+each encoder's layers in its own file (``PixelDecoder.analytic_layers``).
 
 Counts in fvcore's unit (one multiply-add = 1 MAC) per image, from the padded input size. Terms:
 linears and convs as MACs; the MSDA core as 4*L*P*C bilinear taps plus L*P*C weighted sum per
 query; GroupNorm/LayerNorm at 5 per element and bilinear upsampling at 4 (nearest at 1) per output
 element, as fvcore counts them; BatchNorm, max-pool, softmax and elementwise ops at 0, as
-detectron2's ignore list does. ``encoder_formula`` is the encoders.md "encoder" figure: the
+detectron2's ignore list does. ``encoder_formula`` is the "encoder" figure of docs/models.md: the
 deformable layers (or AIFI + CCFM) without norms, the number the spec's DERIVED tables quote.
 """
 
@@ -63,65 +64,26 @@ def pixel_embedding(ch: Mapping[str, int], t: Tokens, lpe: bool = False, mask_di
     return lateral + upsample + output + t.n4 * C * mask_dim
 
 
-def m2f_layers(t: Tokens, num_layers: int = 6, **_: Any) -> tuple[int, int]:
-    f, n = deform_layer(t.n, t.n, 3)
-    return num_layers * f, num_layers * n
-
-
-def proscale_layers(t: Tokens, layers=(3, 3, 3), trc: str = "faithful", **_: Any) -> tuple[int, int]:
-    f = n = 0
-    for count, (tokens, levels) in zip(layers, ((t.n32, 1), (t.n32 + t.n16, 2), (t.n, 3)), strict=True):
-        lf, ln = deform_layer(tokens, tokens, levels)
-        f, n = f + count * lf, n + count * ln
-    trc_macs = 0 if trc == "off" else (t.n32 + t.n16) * (C + 4 * C)  # gate linear + resized guide
-    return f, n + trc_macs
-
-
-def lite_layers(t: Tokens, high_levels: int = 2, blocks: int = 3, layers_per_block: int = 2, kda: bool = False,
-                small_ffn: bool = True, **_: Any) -> tuple[int, int]:
-    n_high = t.n32 + (t.n16 if high_levels == 2 else 0)
-    n_low = t.n - n_high
-    h_f, h_n = deform_layer(n_high, t.n, 3, kda=kda)
-    attn_all = t.n * C * C + t.n * msda_query_macs(3, kda)
-    if small_ffn:
-        f_f = attn_all + n_high * 2 * C * F_ENC + n_low * 2 * C * C
-        f_n = NORM * C * (t.n + n_high + n_low)  # norm1 on all, norm2 on high, small norm on low
-    else:
-        f_f, f_n = deform_layer(t.n, t.n, 3, kda=kda)
-    return blocks * ((layers_per_block - 1) * h_f + f_f), blocks * ((layers_per_block - 1) * h_n + f_n)
-
-
-def csp(n: int, expansion: float, num_blocks: int = 3) -> int:
-    h = int(C * expansion)
-    return 2 * n * 2 * C * h + num_blocks * 10 * n * h * h + (n * h * C if h != C else 0)
-
-
-def rt_layers(t: Tokens, expansion: float = 1.0, num_blocks: int = 3, ffn_dim: int = F_ENC, **_: Any
-              ) -> tuple[int, int]:
-    aifi = 4 * t.n32 * C * C + 2 * t.n32 * t.n32 * C + 2 * t.n32 * C * ffn_dim
-    lateral = C * C * (t.n32 + t.n16)
-    upsample = C * (t.n16 + t.n8)  # nearest: 1 per output element
-    down = 9 * C * C * (t.n16 + t.n32)
-    blocks = csp(t.n16, expansion, num_blocks) + csp(t.n8, expansion, num_blocks) + csp(t.n16, expansion, num_blocks) \
-        + csp(t.n32, expansion, num_blocks)
-    return aifi + lateral + down + blocks, 2 * NORM * t.n32 * C + upsample
-
-
-LAYERS = {"m2f": m2f_layers, "proscale": proscale_layers, "lite_m2f": lite_layers, "rt_m2f": rt_layers}
+class NoAnalyticModel(ValueError):
+    """The encoder has no analytic MAC model (its analytic columns are NaN, nothing fails)."""
 
 
 def pixel_decoder_macs(encoder: Mapping[str, Any], in_channels: Mapping[str, int], height: int, width: int,
                        batch: int = 1) -> dict[str, int]:
     """Analytic MACs of a pixel decoder: stages ``pixel_decoder_layers``, ``pixel_embedding``,
-    ``pixel_decoder`` and the encoders.md ``encoder_formula`` (layers only, without norms)."""
+    ``pixel_decoder`` and ``encoder_formula`` (layers only, without norms)."""
+    from models.encoders import ENCODERS
+
     name = encoder["name"]
-    if name not in LAYERS:
-        raise ValueError(f"no analytic model for encoder {name!r}; valid: {sorted(LAYERS)}")
+    cls = ENCODERS.get(name) if name in ENCODERS else None
     t = Tokens.from_size(height, width)
     options = {k: v for k, v in encoder.items() if k != "name"}
-    formula, extra = LAYERS[name](t, **options)
-    rt = name == "rt_m2f"
-    layers = input_projections(in_channels, t, norm=not rt) + formula + extra
+    counted = cls.analytic_layers(t, **options) if cls is not None else None
+    if counted is None:
+        with_model = [n for n in ENCODERS.names() if ENCODERS.get(n).analytic_layers(t) is not None]
+        raise NoAnalyticModel(f"no analytic model for encoder {name!r}; encoders with one: {', '.join(with_model)}")
+    formula, extra = counted
+    layers = input_projections(in_channels, t, norm=cls.analytic_input_norm) + formula + extra
     embed = pixel_embedding(in_channels, t, lpe=bool(encoder.get("lpe", False)), mask_dim=encoder.get("mask_dim", 256))
     return {k: v * batch for k, v in {"pixel_decoder_layers": layers, "pixel_embedding": embed,
                                       "pixel_decoder": layers + embed, "encoder_formula": formula}.items()}
