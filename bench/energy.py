@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -235,6 +236,50 @@ class EnergyMeter:
                 "power_w_avg": de / dt, "idle_w": idle_w, "energy_window_s": dt, "energy_images": images,
                 **{k: v for k, v in state.items() if k != "throttle_mask"},
                 "valid": not reasons, "invalid_reason": "; ".join(reasons) or None}
+
+
+@contextmanager
+def sampled_state(meter: EnergyMeter | None, out: dict[str, Any], window: str) -> Iterator[None]:
+    """Sample the GPU state (clocks, temperature, clock events) over a timed window into ``out``, with the
+    reasons that make it invalid (a clock drop, a slowdown) under ``"invalid"``. Nothing without a meter."""
+    if meter is None:
+        yield
+        return
+    sampler = Sampler(meter.nvml, meter.handle, meter.sample_period)
+    with sampler:
+        yield
+    state = sampler.summary()
+    out.update({k: state[k] for k in STATE_COLUMNS}, gpu_state_window=window)
+    out["invalid"] = window_validity(state, max_sm_clock(meter.nvml, meter.handle))
+
+
+@dataclass
+class GPUMeter:
+    """The job's NVML meter (None with the reason when there is none) and the idle baseline."""
+
+    meter: EnergyMeter | None
+    reason: str | None = None
+    idle_w: float = math.nan
+
+
+def open_meter(nvml: Any, nvml_reason: str | None, device: Any, ecfg: Any, want_idle: bool,
+               row: dict[str, Any]) -> GPUMeter:
+    """The NVML meter of the job's CUDA device (matched by UUID) and, when energy is measured, the idle
+    power: ``energy.idle_w`` or a baseline taken now, before the job loads the GPU."""
+    if device.type != "cuda":
+        return GPUMeter(None, "no CUDA device (NVML energy needs a GPU)")
+    if nvml is None:
+        return GPUMeter(None, nvml_reason or "NVML unavailable")
+    try:
+        handle, how = nvml_handle(nvml, cuda_uuid(device), ecfg.gpu_index)
+        row["nvml_device"] = how
+        meter = EnergyMeter(nvml, handle, sample_period=ecfg.sample_period)
+        if not want_idle:
+            return GPUMeter(meter)
+        idle_w = ecfg.idle_w if ecfg.idle_w is not None else meter.idle_power(ecfg.idle_seconds, ecfg.cooldown_seconds)
+        return GPUMeter(meter, idle_w=idle_w)
+    except nvml_error(nvml) as err:
+        return GPUMeter(None, f"NVML failed: {type(err).__name__}: {err}")
 
 
 def unavailable(reason: str) -> dict[str, Any]:

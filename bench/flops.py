@@ -245,6 +245,17 @@ def count_dispatch(model: nn.Module, inputs: tuple, stage_paths: Mapping[str, st
     }
 
 
+def flops_by_path(model: nn.Module, fn: Callable[[], Any]) -> dict[str, float]:
+    """True FLOPs per module path (FlopCounterMode with encbench's formulas) for one call of ``fn``."""
+    fcm = FlopCounterMode(display=False, custom_mapping=flop_formulas())
+    with torch.no_grad(), fcm:
+        fn()
+    root = type(model).__name__
+    return {name[len(root) + 1:]: float(sum(ops.values())) for name, ops in fcm.get_flop_counts().items()
+            if name.startswith(root + ".")}
+
+
+
 # ---------------------------------------------------------------- the job's FLOP columns
 TOP_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
 

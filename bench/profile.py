@@ -22,9 +22,8 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.autograd.profiler import record_function
-from torch.utils.flop_counter import FlopCounterMode
 
-from bench.flops import flop_formulas, stage_paths
+from bench.flops import flops_by_path, stage_paths
 from bench.roofline import measure_ceilings, min_bytes_by_path, roofline_table
 
 TOP_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
@@ -78,16 +77,6 @@ class RangeHooks:
     def __exit__(self, *exc: Any) -> None:
         for h in self.handles:
             h.remove()
-
-
-def flops_by_path(model: nn.Module, fn: Callable[[], Any]) -> dict[str, float]:
-    """True FLOPs per module path (FlopCounterMode with encbench's formulas) for one call of ``fn``."""
-    fcm = FlopCounterMode(display=False, custom_mapping=flop_formulas())
-    with torch.no_grad(), fcm:
-        fn()
-    root = type(model).__name__
-    return {name[len(root) + 1:]: float(sum(ops.values())) for name, ops in fcm.get_flop_counts().items()
-            if name.startswith(root + ".")}
 
 
 def range_times_ms(prof: Any, names: set[str], cuda: bool, iters: int) -> dict[str, float]:

@@ -113,8 +113,8 @@ def plan(name: str, extra: list[str]) -> list[Job]:
 def make_job(index: int, overrides: list[str]) -> Job:
     """One job: its composed config, config_hash and a short label."""
     from bench.config import compose, to_dict
-    from bench.job import measured_config
     from bench.row import config_hash
+    from bench.settings import measured_config
     from models.encoders import variant_name
 
     cfg = to_dict(compose(overrides))

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from bench.config import compose
-from bench.job import pixel_decoder_runner
 from bench.precision import relative_error
 from bench.roofline import floor_ms, measure_ceilings, median_ms, min_bytes_by_path, msda_floors
+from bench.runners import pixel_decoder_runner
 from bench.timing import StageClock
 from models import build_model
 from models.ops import msda_core

@@ -212,7 +212,7 @@ def cudagraph_check(device: Any, size: tuple[int, int]) -> bool:
     """M2F with the triton core: one captured forward replayed equals eager (1e-4)."""
     import torch
 
-    from bench.job import make_runner
+    from bench.runners import make_runner
 
     model = _model(["encoder=m2f", "msda_backend=triton"], size, device)
     x = torch.rand(1, 3, *size, device=device) * 255

@@ -44,7 +44,8 @@ def test_job_counts_only_its_own_graph_breaks():
     """dynamo's graph-break counter is process-wide and survives ``dynamo.reset()``: the row takes the delta."""
     from torch._dynamo.utils import counters
 
-    from bench.job import dynamo_graph_breaks, measure_latency
+    from bench.measures.latency import latency_columns
+    from bench.runners import dynamo_graph_breaks
     from bench.timing import TimingConfig
 
     def with_break(x):
@@ -63,7 +64,6 @@ def test_job_counts_only_its_own_graph_breaks():
 
     cfg = TimingConfig(min_iters=2, min_seconds=0, warmup_min_seconds=0, warmup_window=1, warmup_tolerance=1.0,
                        e2e=False, pixel_decoder_alone=False, bootstrap=10)
-    row: dict = {}
-    measure_latency(None, x[None], {"timing": cfg, "device": torch.device("cpu"), "mode": "compile"}, row, runner)
+    row = latency_columns(None, x[None], {"timing": cfg, "device": torch.device("cpu"), "mode": "compile"}, runner)
     assert dynamo_graph_breaks() - before == 1
     assert row["graph_breaks"] == 1 and row["recompiles"] == 0

@@ -196,24 +196,28 @@ class BrokenCounter(FakeNVML):
 
 
 def test_nvml_errors_give_nan_energy_with_the_reason_not_a_failed_row():
+    from types import SimpleNamespace
+
     import torch
 
-    from bench.job import GPUMeter, measure_energy, open_meter
+    from bench.energy import GPUMeter, open_meter
+    from bench.measures.energy import measure_energy
+    from bench.settings import EnergySettings, JobSettings
+    from bench.timing import TimingConfig
 
     cuda = torch.device("cuda")  # only its type is read: no GPU needed
     row: dict = {}
-    gpu = open_meter(BrokenCounter(), None, cuda, {"idle_seconds": 0.0, "cooldown_seconds": 0.0}, True, row)
+    gpu = open_meter(BrokenCounter(), None, cuda, EnergySettings(idle_seconds=0.0, cooldown_seconds=0.0), True, row)
     assert gpu.meter is None and "NVML failed: NVMLError: Not Supported" in gpu.reason
-    measure_energy(torch.zeros(1), {}, {}, row, runner=None, gpu=gpu)
-    assert math.isnan(row["energy_j_per_img_net"]) and "Not Supported" in row["invalid_reason"]
+    cols = measure_energy(SimpleNamespace(gpu=gpu))
+    assert math.isnan(cols["energy_j_per_img_net"]) and "Not Supported" in cols["invalid_reason"]
     # a given idle power skips the baseline; a counter that fails inside the window is NaN too
-    nvml = BrokenCounter()
-    gpu = open_meter(nvml, None, cuda, {"idle_w": 120}, True, row := {})
+    gpu = open_meter(BrokenCounter(), None, cuda, EnergySettings(idle_w=120), True, row := {})
     assert gpu.meter is not None and gpu.idle_w == 120 and row["nvml_device"].startswith("nvml index 0")
-    settings = {"device": torch.device("cpu"), "mode": "eager",
-                "timing": __import__("bench.timing", fromlist=["TimingConfig"]).TimingConfig(
-                    warmup_min_seconds=0, warmup_window=1, warmup_tolerance=1.0)}
-    measure_energy(torch.zeros(1), settings, {}, row, lambda pp, mode: (lambda: None, {}), gpu)
-    assert math.isnan(row["energy_j_per_img_gross"]) and "during the window" in row["invalid_reason"]
+    settings = JobSettings(("energy",), torch.device("cpu"), timing=TimingConfig(
+        warmup_min_seconds=0, warmup_window=1, warmup_tolerance=1.0))
+    ctx = SimpleNamespace(gpu=gpu, settings=settings, images=torch.zeros(1),
+                          runner=lambda pp, mode: (lambda: None, {}))
+    cols = measure_energy(ctx)
+    assert math.isnan(cols["energy_j_per_img_gross"]) and "during the window" in cols["invalid_reason"]
     assert isinstance(GPUMeter(None).idle_w, float)
-

@@ -152,7 +152,7 @@ def test_encoders_equal_across_backends_on_cuda(encoder):
 @pytest.mark.parametrize("encoder", ["m2f", "proscale", "lite_m2f", "rt_m2f"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_compile_and_cudagraph_pixel_decoders_equal_eager(encoder, precision):
-    from bench.job import pixel_decoder_runner
+    from bench.runners import pixel_decoder_runner
 
     torch.manual_seed(0)
     model = build_model(compose([*SMALL, f"encoder={encoder}", "msda_backend=triton",

@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import job as job_mod
+from bench import settings as job_mod
 from bench.config import compose
-from bench.job import parse_measures, run_job
+from bench.job import run_job
+from bench.measures import flops as flops_measure
 from bench.row import COLUMNS, STAGES, TIMED_STAGES, config_hash
+from bench.settings import parse_measures
 from models.encoders import variant_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,14 +106,14 @@ def test_a_crash_is_a_failed_row_and_oom_an_oom_row(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(job_mod, "count_flops", boom)
+    monkeypatch.setattr(flops_measure, "count_flops", boom)
     row = run_job(compose(TINY), tmp_path / "a")
     assert row["status"] == "failed" and row["error"] == "RuntimeError: kernel exploded" and row["valid"] is False
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
 
-    monkeypatch.setattr(job_mod, "count_flops", oom)
+    monkeypatch.setattr(flops_measure, "count_flops", oom)
     row = run_job(compose(TINY), tmp_path / "b")
     assert row["status"] == "oom" and "80.00 GiB" in row["error"]
     assert json.loads((tmp_path / "b" / "result.json").read_text())["status"] == "oom"

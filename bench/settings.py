@@ -1,0 +1,177 @@
+"""The job's settings: one typed object, built and validated once per job from the composed config.
+
+Every measurement knob has a type; a bad value or an unknown key raises ``InvalidConfig`` naming the
+key and the valid choices, and the job becomes an ``invalid`` row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from bench.timing import TimingConfig
+
+log = logging.getLogger("bench")
+
+MEASURE_NAMES = ("flops", "latency", "memory", "energy", "error", "roofline", "profile")
+ALL = ("flops", "latency", "memory", "energy", "error")
+AUTO_CPU = ("flops", "memory", "error")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "tf32", "bf16")
+MODES = ("eager", "compile", "cudagraph")
+
+
+class InvalidConfig(ValueError):
+    """A bad override: the message names the valid choices."""
+
+
+def choice(key: str, value: Any, valid: tuple[str, ...]) -> str:
+    if value not in valid:
+        raise InvalidConfig(f"{key}={value!r} is not valid; valid choices: {', '.join(valid)}")
+    return value
+
+
+def parse_measures(value: Any, device: torch.device | None = None) -> list[str]:
+    """``measure`` as a list: a name, ``all``, ``auto`` (all on CUDA; flops+memory+error on CPU), a list,
+    or a comma-separated string."""
+    items = list(value) if isinstance(value, list | tuple) else str(value).split(",")
+    out: list[str] = []
+    for item in (str(i).strip() for i in items):
+        if item == "auto":
+            expanded = ALL if device is not None and device.type == "cuda" else AUTO_CPU
+        else:
+            expanded = ALL if item == "all" else (item,)
+        for m in expanded:
+            choice("measure", m, (*MEASURE_NAMES, "all", "auto"))
+            if m not in out:
+                out.append(m)
+    if not out:
+        raise InvalidConfig(f"measure is empty; valid choices: {', '.join((*MEASURE_NAMES, 'all', 'auto'))}")
+    return out
+
+
+def resolve_device(value: str) -> torch.device:
+    choice("device", value, DEVICES)
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if value == "cuda" and not torch.cuda.is_available():
+        raise InvalidConfig("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+    return torch.device(value)
+
+
+def _group(cls: type, key: str, value: Mapping[str, Any] | None) -> Any:
+    """A settings group from its config mapping: known keys only, each cast to its field's type."""
+    value = dict(value or {})
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise InvalidConfig(f"unknown {key} option(s) {unknown}; valid: {names}")
+    out = {}
+    for f in fields(cls):
+        if f.name in value and value[f.name] is not None:
+            kind = {"float": float, "int": int, "bool": bool, "str": str}.get(str(f.type).split(" ")[0].split("|")[0])
+            try:
+                out[f.name] = kind(value[f.name]) if kind else value[f.name]
+            except (TypeError, ValueError):
+                raise InvalidConfig(f"{key}.{f.name}={value[f.name]!r} must be {f.type}") from None
+        elif f.name in value:
+            out[f.name] = None
+    return cls(**out)
+
+
+@dataclass(frozen=True)
+class EnergySettings:
+    min_seconds: float = 10.0
+    idle_seconds: float = 3.0
+    cooldown_seconds: float = 2.0
+    idle_w: float | None = None
+    gpu_index: int | None = None
+    sample_period: float = 0.1
+
+
+@dataclass(frozen=True)
+class FlopSettings:
+    count_attention: bool = True
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    warmup: int = 3
+    active: int = 3
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What a job measures and how (``settings["device"]`` works too, for the runner helpers)."""
+
+    measures: tuple[str, ...]
+    device: torch.device
+    precision: str = "fp32"
+    mode: str = "eager"
+    msda_backend: str = "pytorch"
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    energy: EnergySettings = field(default_factory=EnergySettings)
+    flops: FlopSettings = field(default_factory=FlopSettings)
+    profile: ProfileSettings = field(default_factory=ProfileSettings)
+    seed: int = 0
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+    def with_mode(self, mode: str) -> JobSettings:
+        return dataclasses.replace(self, mode=mode)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> JobSettings:
+        """Validate the measurement keys of a composed config and resolve ``auto`` choices."""
+        device = resolve_device(cfg.get("device", "auto"))
+        try:
+            seed = int(cfg.get("seed", 0))
+        except (TypeError, ValueError):
+            raise InvalidConfig(f"seed={cfg.get('seed')!r} must be an integer") from None
+        settings = cls(measures=tuple(parse_measures(cfg.get("measure", "flops"), device)), device=device,
+                       precision=choice("precision", cfg.get("precision", "fp32"), PRECISIONS),
+                       mode=choice("mode", cfg.get("mode", "eager"), MODES),
+                       msda_backend=_msda_backend(cfg.get("msda_backend", "pytorch"), device),
+                       timing=_timing(cfg.get("timing")), energy=_group(EnergySettings, "energy", cfg.get("energy")),
+                       flops=_group(FlopSettings, "flops", cfg.get("flops")),
+                       profile=_group(ProfileSettings, "profile", cfg.get("profile")), seed=seed)
+        if settings.mode == "cudagraph" and device.type != "cuda":
+            raise InvalidConfig("mode=cudagraph needs device=cuda (CUDA-graph replay)")
+        if "energy" in settings.measures and device.type != "cuda" and cfg.get("measure") != "all":
+            log.warning("measure=energy on %s: energy columns will be NaN", device)
+        return settings
+
+
+def _msda_backend(name: str, device: torch.device) -> str:
+    """The MSDA backend that runs on ``device`` (``auto`` resolved); unknown or unavailable -> invalid."""
+    from models.ops import resolve_msda_backend
+
+    try:
+        return resolve_msda_backend(str(name), device)
+    except (KeyError, RuntimeError) as err:
+        raise InvalidConfig(str(err)) from err
+
+
+def _timing(value: Any) -> TimingConfig:
+    try:
+        return TimingConfig.from_mapping(value)
+    except (TypeError, ValueError) as err:
+        raise InvalidConfig(str(err)) from err
+
+
+def measured_config(cfg: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """The part of the config that defines what is measured (the ``config_hash`` input)."""
+    keep = ("backbone", "encoder", "decoder", "input", "msda_backend", "precision", "mode", "flops", "timing",
+            "energy")
+    out = {k: cfg.get(k) for k in keep}
+    out["flops"] = {k: v for k, v in (cfg.get("flops") or {}).items() if k != "cache_dir"}  # where, not what
+    out["measure"] = parse_measures(cfg.get("measure", "flops"), device)
+    out["device"] = device.type
+    return out
