@@ -19,7 +19,9 @@ STAGES = ("backbone", "pixel_decoder", "pixel_decoder_layers", "pixel_embedding"
 TIMED_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
 STATUSES = ("ok", "failed", "oom", "skipped", "invalid")
 
-IDENTITY = ["run_id", "config_hash", "sweep", "created_at", "git_commit", "status", "error", "measure"]
+SCHEMA_VERSION = 2  # docs/results.md: bump when a column is renamed, removed or changes meaning
+IDENTITY = ["schema_version", "run_id", "config_hash", "sweep", "created_at", "git_commit", "status", "error",
+            "measure"]
 CONFIG = ["encoder", "variant", "backbone", "dataset", "height", "width", "batch", "precision", "force_fp32", "mode",
           "device", "msda_backend"]
 SIZE = (["params_total"] + [f"params_{s}" for s in STAGES]
@@ -52,7 +54,7 @@ STRING_COLUMNS = {"run_id", "config_hash", "sweep", "created_at", "git_commit", 
 def new_row() -> dict[str, Any]:
     """A row with every column: NaN for numbers, None for strings, {} for mappings."""
     row: dict[str, Any] = {c: (None if c in STRING_COLUMNS else math.nan) for c in COLUMNS}
-    row.update(unsupported_ops={}, artifacts={}, valid=True, status="ok",
+    row.update(schema_version=SCHEMA_VERSION, unsupported_ops={}, artifacts={}, valid=True, status="ok",
                run_id=uuid.uuid4().hex[:12], created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return row
 

@@ -1,1 +1,2 @@
-"""encbench reports: results store -> Pareto plots, tables and the HTML/markdown report (not yet implemented)."""
+"""encbench reports: read the results store (``bench.store``) and build Pareto plots, tables and the
+HTML/markdown report (``python -m reports``)."""

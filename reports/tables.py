@@ -1,0 +1,159 @@
+"""The report's tables: accuracy joined to measured rows, the main table, the paper table, speed conversion,
+the fast-path comparison; each written as CSV, markdown and LaTeX."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ACCURACY = Path(__file__).with_name("accuracy.csv")
+GROUP = ["hardware", "device", "precision", "mode", "msda_backend", "batch", "resolution", "dataset", "backbone"]
+# the fast-path section compares execution configurations within one measured setting
+SETTING = ["hardware", "device", "batch", "resolution", "dataset", "backbone"]
+EXECUTION = ["msda_backend", "mode", "precision", "force_fp32"]
+STAGES = ["backbone", "pixel_decoder", "transformer_decoder", "postprocess"]
+
+
+def load_accuracy(path: Path | str | None = None) -> pd.DataFrame:
+    """The published numbers, overridden row by row by a user CSV with the same key columns."""
+    acc = pd.read_csv(ACCURACY, dtype={"variant": str})
+    if path:
+        user = pd.read_csv(path, dtype={"variant": str})
+        missing = {"dataset", "backbone", "variant", "value"} - set(user.columns)
+        if missing:
+            raise ValueError(f"accuracy CSV {path} lacks columns {sorted(missing)}; needs dataset, backbone, "
+                             "variant, value (metric, source optional)")
+        user = user.assign(metric=user.get("metric", "PQ"), source=user.get("source", str(path)))
+        acc = pd.concat([user, acc]).drop_duplicates(["dataset", "backbone", "variant"], keep="first")
+    return acc
+
+
+def prepare(rows: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Measured ok rows with a hardware/resolution label and the reported accuracy joined."""
+    from bench.row import COLUMNS
+
+    df = rows.reindex(columns=list(dict.fromkeys([*COLUMNS, *rows.columns])))  # missing columns: NaN
+    df = df[df["status"] == "ok"].copy()
+    if df.empty:
+        return df
+    df["hardware"] = np.where(df["device"] == "cuda", df.get("gpu_name"), df.get("cpu_name"))
+    df["hardware"] = df["hardware"].fillna(df["device"])
+    df["resolution"] = df["height"].astype(int).astype(str) + "x" + df["width"].astype(int).astype(str)
+    # the pixel decoder's time: timed alone (every mode) where measured, else the eager stage time
+    df["pd_latency_ms"] = df["latency_ms_pixel_decoder_alone_p50"].fillna(df["latency_ms_pixel_decoder_p50"])
+    df["force_fp32"] = df["force_fp32"].fillna(True).astype(bool)
+    acc = accuracy.rename(columns={"value": "accuracy_reported", "metric": "accuracy_metric",
+                                  "source": "accuracy_source", "note": "accuracy_note"})
+    return df.merge(acc, how="left", on=["dataset", "backbone", "variant"])
+
+
+def speed_conversion(g: pd.DataFrame, lat: str = "pd_latency_ms", macs: str = "gmacs_pixel_decoder"
+                     ) -> pd.DataFrame:
+    """Per variant: latency and MAC reductions vs M2F, and their ratio (how much saving became speed)."""
+    base = g[g["encoder"] == "m2f"]
+    if base.empty or g[lat].isna().all():
+        return pd.DataFrame()
+    b = base.iloc[0]
+    t = g[["variant", macs, lat]].copy()
+    t["mac_reduction"] = 1 - t[macs] / b[macs]
+    t["latency_reduction"] = 1 - t[lat] / b[lat]
+    t["speed_conversion"] = t["latency_reduction"] / t["mac_reduction"].where(t["mac_reduction"].abs() > 1e-9)
+    return t
+
+
+FAST_COLUMNS = {
+    "variant": "variant", "msda_backend": "backend", "mode": "mode", "precision": "precision",
+    "force_fp32": "pixdec fp32", "gmacs_pixel_decoder": "pixdec G-MACs", "pd_latency_ms": "pixdec ms",
+    "latency_ms_p50": "model ms", "energy_j_per_img_net": "J/img net", "mac_reduction": "MAC red. vs M2F",
+    "latency_reduction": "latency red. vs M2F", "speed_conversion": "speed conversion",
+    "speedup_vs_reference": "pixdec speed-up vs M2F pytorch eager fp32",
+    "roofline_frac_pixel_decoder": "pixdec roofline frac",
+    "err_mask_features_rel": "mask-feature rel. err",
+}
+
+
+def fast_path_table(g: pd.DataFrame) -> pd.DataFrame:
+    """One measured setting: every variant x execution configuration, with the speed conversion against M2F
+    under the same configuration and the speed-up against M2F's reference configuration (pytorch, eager, fp32)."""
+    parts = []
+    for _, h in g.groupby(EXECUTION, dropna=False):
+        conv = speed_conversion(h)
+        if conv.empty:
+            continue
+        parts.append(h.drop(columns=["mac_reduction", "latency_reduction", "speed_conversion"], errors="ignore")
+                     .assign(**conv[["mac_reduction", "latency_reduction", "speed_conversion"]]))
+    if not parts:
+        return pd.DataFrame()
+    t = pd.concat(parts)
+    computed = ["mac_reduction", "latency_reduction", "speed_conversion"]
+    t[computed] = t[computed].astype(float)
+    ref = t[(t["encoder"] == "m2f") & (t["msda_backend"] == "pytorch") & (t["mode"] == "eager")
+            & (t["precision"] == "fp32")]
+    t["speedup_vs_reference"] = ref["pd_latency_ms"].iloc[0] / t["pd_latency_ms"] if len(ref) else math.nan
+    t = t.sort_values(["variant", "pd_latency_ms"])
+    return t[[c for c in FAST_COLUMNS if c in t]].rename(columns=FAST_COLUMNS)
+
+
+MAIN_COLUMNS = {
+    "variant": "variant", "backbone": "backbone", "dataset": "dataset", "resolution": "resolution", "batch": "batch",
+    "accuracy_reported": "PQ (reported)", "params_total": "params (M)", "params_pixel_decoder": "pixdec params (M)",
+    "gmacs_total": "G-MACs total", "gmacs_pixel_decoder": "G-MACs pixdec", "gflops_total": "GFLOPs total",
+    "latency_ms_p50": "latency p50 (ms)", "latency_ms_p90": "p90 (ms)", "fps": "FPS (measured)",
+    "pd_latency_ms": "pixdec (ms)", "gpu_busy_ms": "GPU busy (ms)",
+    "roofline_frac_pixel_decoder": "pixdec roofline frac", "err_mask_features_rel": "mask-feature rel. err",
+    "mem_peak_alloc_mb": "peak mem (MB)", "energy_j_per_img_net": "J/img net", "energy_j_per_img_gross": "J/img gross",
+    "hardware": "hardware", "precision": "precision", "mode": "mode", "msda_backend": "msda backend",
+    "accuracy_source": "accuracy source",
+}
+
+
+def main_table(df: pd.DataFrame) -> pd.DataFrame:
+    t = df[[c for c in MAIN_COLUMNS if c in df]].copy()
+    for c in ("params_total", "params_pixel_decoder"):
+        if c in t:
+            t[c] = t[c] / 1e6
+    t["accuracy_reported"] = t["accuracy_reported"].map(lambda v: "n/a (not published)" if pd.isna(v) else v)
+    return t.rename(columns=MAIN_COLUMNS)
+
+
+def paper_table(df: pd.DataFrame) -> pd.DataFrame:
+    """PRO-SCALE's Cityscapes FPS table (Swin-T, 1024x2048) with our measurements beside it."""
+    g = df[(df["dataset"] == "cityscapes") & (df["backbone"] == "swin_t") & (df["resolution"] == "1024x2048")]
+    if g.empty:
+        return pd.DataFrame()
+    cols = {"variant": "variant", "accuracy_reported": "PQ (reported)", "fps_reported": "FPS (reported, GPU n/s)",
+            "fps": "FPS (measured)", "latency_ms_p50": "latency p50 (ms, measured)",
+            "gmacs_pixel_decoder": "pixdec G-MACs (measured)", "gmacs_total": "total G-MACs (measured)",
+            "hardware": "hardware", "precision": "precision", "batch": "batch"}
+    return g[[c for c in cols if c in g]].rename(columns=cols)
+
+
+@dataclass
+class Table:
+    """A table of the report: its file name, the values as shown (NaN as an en dash), and a note above it."""
+
+    name: str
+    shown: pd.DataFrame
+    note: str = ""
+
+
+def shown_values(t: pd.DataFrame) -> pd.DataFrame:
+    """Values as a reader sees them: NaN as an en dash, floats to 3 significant digits."""
+    shown = t.astype(object).where(t.notna(), "–")
+    return shown.apply(lambda col: col.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v))
+
+
+def write_table(t: pd.DataFrame, out: Path, name: str, note: str = "") -> Table:
+    """CSV (NaN empty, full precision), markdown and LaTeX files; returns the table for the report."""
+    from reports.render import markdown_table
+
+    t.to_csv(out / f"{name}.csv", index=False)
+    table = Table(name, shown_values(t), note)
+    (out / f"{name}.md").write_text(markdown_table(table) + "\n")
+    latex = table.shown.to_latex(index=False, float_format="%.3g", escape=True)
+    (out / f"{name}.tex").write_text("% requires \\usepackage{booktabs}\n" + latex.replace("\\hline", "\\midrule"))
+    return table
