@@ -1,0 +1,109 @@
+"""The report: accuracy joined, speed conversion, the fast-path section, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.store import ResultStore
+from reports.build import build_report
+from reports.tables import load_accuracy
+
+
+def row(run_id: str, h: str, status: str = "ok", **kw) -> dict:
+    return {"run_id": run_id, "config_hash": h, "status": status, "created_at": run_id, "sweep": "t", **kw}
+
+
+def fake_rows() -> pd.DataFrame:
+    base = {"status": "ok", "device": "cuda", "gpu_name": "H100", "cpu_name": "x", "precision": "fp32",
+            "mode": "eager", "batch": 1, "height": 1024, "width": 2048, "dataset": "cityscapes",
+            "backbone": "swin_t", "params_total": 47e6, "params_pixel_decoder": 5e6, "gflops_total": 1.0}
+    variants = [("m2f", "m2f", 285.0, 39.0), ("proscale(3,3,3)+lpe+trc", "proscale", 137.0, 30.0),
+                ("proscale(1,1,1)+lpe+trc", "proscale", 56.0, 20.0), ("proscale(0,0,1)+lpe+trc", "proscale", 40., 15.)]
+    rows = []
+    for v, enc, macs, lat in variants:
+        r = dict(base, variant=v, encoder=enc, gmacs_pixel_decoder=macs, gmacs_total=macs + 200,
+                 latency_ms_pixel_decoder_p50=lat, latency_ms_p50=lat + 30, fps=1000 / (lat + 30),
+                 energy_j_per_img_net=lat / 5, energy_j_per_img_gross=lat / 4)
+        for s in ("backbone", "transformer_decoder", "postprocess"):
+            r[f"gmacs_{s}"] = 1.0
+            r[f"latency_ms_{s}_p50"] = 1.0
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def test_report_joins_reported_accuracy_and_measures_speed_conversion(tmp_path):
+    summary = build_report(fake_rows(), tmp_path)
+    main = pd.read_csv(tmp_path / "tables" / "main.csv").set_index("variant")
+    assert main.loc["m2f", "PQ (reported)"] == "64.0"
+    assert main.loc["proscale(0,0,1)+lpe+trc", "PQ (reported)"] == "n/a (not published)"  # shown, not dropped
+    paper = pd.read_csv(tmp_path / "tables" / "paper_cityscapes.csv").set_index("variant")
+    assert paper.loc["proscale(3,3,3)+lpe+trc", "FPS (reported, GPU n/s)"] == 5.71
+    assert paper.loc["proscale(3,3,3)+lpe+trc", "FPS (measured)"] == pytest.approx(1000 / 60)
+    conv_file = next((tmp_path / "tables").glob("speed_conversion_*.csv"))
+    conv = pd.read_csv(conv_file).set_index("variant")
+    mac_red, lat_red = 1 - 137 / 285, 1 - 30 / 39
+    assert conv.loc["proscale(3,3,3)+lpe+trc", "speed_conversion"] == pytest.approx(lat_red / mac_red)
+    assert "Spearman rho (pixel-decoder G-MACs vs latency): 1.00" in (tmp_path / "report.md").read_text()
+    assert any(f.startswith("pareto_fps_") for f in summary["figures"])
+    assert any(f.startswith("pareto_energy_") for f in summary["figures"])
+    assert any(f.startswith("flops_to_latency_") for f in summary["figures"])
+    assert all((tmp_path / "figures" / f.replace(".png", ".svg")).exists() for f in summary["figures"])
+
+
+def test_user_accuracy_overrides_published(tmp_path):
+    csv = tmp_path / "mine.csv"
+    csv.write_text("dataset,backbone,variant,value\ncityscapes,swin_t,m2f,70.5\n")
+    acc = load_accuracy(csv).set_index(["dataset", "backbone", "variant"])
+    assert acc.loc[("cityscapes", "swin_t", "m2f"), "value"] == 70.5
+    assert acc.loc[("cityscapes", "swin_t", "rt_m2f(e1)"), "value"] == 59.73  # the rest stays
+    build_report(fake_rows(), tmp_path / "r", accuracy=csv)
+    main = pd.read_csv(tmp_path / "r" / "tables" / "main.csv").set_index("variant")
+    assert main.loc["m2f", "PQ (reported)"] == "70.5"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("dataset,variant,value\nx,y,1\n")
+    with pytest.raises(ValueError, match="lacks columns \\['backbone'\\]"):
+        load_accuracy(bad)
+
+
+def test_reports_cli_collect_export_build(tmp_path):
+    from reports.__main__ import main
+
+    runs = tmp_path / "runs" / "job1"
+    runs.mkdir(parents=True)
+    r = row("9", "z", variant="m2f", encoder="m2f", device="cpu", cpu_name="cpu", precision="fp32", mode="eager",
+            batch=1, height=64, width=64, dataset="ade20k", backbone="r50", gmacs_total=1.0)
+    (runs / "result.json").write_text(json.dumps(r))
+    res = tmp_path / "results"
+    assert main(["collect", f"results={res}", f"runs={tmp_path / 'runs'}"]) == 0
+    assert main(["collect", f"results={res}", f"runs={tmp_path / 'runs'}"]) == 0  # idempotent
+    with ResultStore(res / "results.sqlite") as store:
+        assert len(store.rows("history")) == 1
+    assert main(["export", f"results={res}", f"export={tmp_path / 'exp'}"]) == 0
+    assert (tmp_path / "exp" / "results.parquet").exists()
+    assert main(["build", f"results={res}", f"report.out={tmp_path / 'rep'}"]) == 0
+    assert (tmp_path / "rep" / "index.html").exists()
+    with pytest.raises(SystemExit, match="valid options"):
+        main(["report.acc=x"])
+
+
+def test_fast_path_section_compares_within_each_execution_configuration(tmp_path):
+    ref = fake_rows().assign(msda_backend="pytorch")
+    fast = ref.assign(msda_backend="triton", mode="cudagraph", precision="bf16", force_fp32=False,
+                      latency_ms_pixel_decoder_p50=np.nan,  # stage hooks cannot time a captured graph
+                      latency_ms_pixel_decoder_alone_p50=ref["gmacs_pixel_decoder"] / 30)  # time ∝ MACs
+    summary = build_report(pd.concat([ref, fast], ignore_index=True), tmp_path)
+    table = pd.read_csv(next((tmp_path / "tables").glob("fast_path_*.csv")))
+    ps = table[table["variant"] == "proscale(3,3,3)+lpe+trc"].set_index("backend")
+    assert ps.loc["pytorch", "speed conversion"] == pytest.approx((1 - 30 / 39) / (1 - 137 / 285))
+    assert ps.loc["triton", "speed conversion"] == pytest.approx(1.0)  # latency proportional to MACs
+    assert ps.loc["triton", "mode"] == "cudagraph" and not ps.loc["triton", "pixdec fp32"]
+    m2f = table[table["variant"] == "m2f"].set_index("backend")
+    assert m2f.loc["triton", "pixdec speed-up vs M2F pytorch eager fp32"] == pytest.approx(39 / (285 / 30))
+    assert any(f.startswith("conversion_") for f in summary["figures"])
+    # fronts and per-group tables never mix backends
+    assert len(list((tmp_path / "tables").glob("speed_conversion_*.csv"))) == 2
+    assert "Fast path" in (tmp_path / "report.md").read_text()

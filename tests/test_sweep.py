@@ -1,0 +1,112 @@
+"""Sweeps end to end: Hydra's sweep syntax, planning, fresh processes, resume, failures."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from bench.store import ResultStore
+from bench.sweep import expand, plan, run_sweep
+from reports.build import build_report
+
+TINY_SWEEP = """
+defaults:
+  - config
+  - _self_
+sweep: tiny
+measure: flops
+backbone: r50
+input: ade20k
+input.height: 64
+input.width: 64
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    params:
+      encoder: m2f,proscale_111,rt_m2f
+"""
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SWEEP)
+    return str(path)
+
+
+
+def test_expand_uses_hydras_sweep_syntax():
+    jobs = expand(["sweep=x"], {"encoder": "m2f,rt_m2f", "input.batch": "range(1,3)"}, ["precision=fp32"])
+    assert len(jobs) == 4 and all("sweep=x" in j and "precision=fp32" in j for j in jobs)
+    assert {j[2] for j in jobs} == {"input.batch=1", "input.batch=2"}
+    # command-line overrides narrow or replace an axis; they do not multiply it
+    assert expand([], {"encoder": "m2f,rt_m2f,proscale"}, ["encoder=m2f"]) == [["encoder=m2f"]]
+    assert len(expand([], {"encoder": "m2f,rt_m2f,proscale"}, ["encoder=m2f,lite_m2f"])) == 2
+    assert expand(["measure=flops"], {}, ["measure=auto"]) == [["measure=auto"]]
+
+
+def test_plan_fails_fast_on_bad_overrides(tiny_sweep):
+    from hydra.errors import HydraException
+
+    with pytest.raises(HydraException):
+        plan(tiny_sweep, ["backbone=vit"])
+    with pytest.raises(SystemExit, match="valid sweeps: .*default"):
+        plan("no_such_sweep", [])
+
+
+def test_sweep_end_to_end_resume_and_report(tiny_sweep, tmp_path):
+    results = tmp_path / "results"
+    # interrupted after one job (as a crash would leave it) ...
+    assert run_sweep(tiny_sweep, [], results, max_jobs=1) == 0
+    with ResultStore(results / "results.sqlite") as store:
+        assert len(store.rows()) == 1
+    # ... and re-run: the two missing configurations run, the first is not repeated
+    assert run_sweep(tiny_sweep, [], results) == 0
+    with ResultStore(results / "results.sqlite") as store:
+        rows = store.rows()
+        hist = store.rows("history")
+    assert sorted(r["variant"] for r in rows) == ["m2f", "proscale(1,1,1)+lpe+trc", "rt_m2f(e1)"]
+    assert len(hist) == 3 and len({r["config_hash"] for r in rows}) == 3
+    assert all(r["status"] == "ok" and r["sweep"] == "tiny" and r["gmacs_total"] > 0 for r in rows)
+    assert run_sweep(tiny_sweep, [], results) == 0  # nothing left to do
+    with ResultStore(results / "results.sqlite") as store:
+        assert len(store.rows("history")) == 3
+    from bench.sweep import main as sweep_main
+
+    assert sweep_main([tiny_sweep, "encoder=m2f", "force=true", "--results", str(results)]) == 0  # re-measures
+    with ResultStore(results / "results.sqlite") as store:
+        assert len(store.rows("history")) == 4 and len(store.rows()) == 3
+    # the FLOP cache served the shared stages: backbone, decoder and post-processing traced once
+    assert len(list((results / "flops_cache").glob("*.json"))) == 3 + 3
+    # the report from that store
+    with ResultStore(results / "results.sqlite") as store:
+        summary = build_report(store.frame(), tmp_path / "report")
+    main = pd.read_csv(tmp_path / "report" / "tables" / "main.csv")
+    assert sorted(main["variant"]) == ["m2f", "proscale(1,1,1)+lpe+trc", "rt_m2f(e1)"]
+    by_variant = main.set_index("variant")
+    gmacs = {r["variant"]: r["gmacs_total"] for r in rows}
+    assert by_variant.loc["m2f", "G-MACs total"] == pytest.approx(gmacs["m2f"])
+    assert (by_variant["PQ (reported)"] == "n/a (not published)").all()  # ADE20K R50: no published PQ here
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "proscale(1,1,1)+lpe+trc" in md and "No latency or energy was measured" in md
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "data:image/png;base64," in html and "rt_m2f(e1)" in html
+    assert summary["figures"] and all((tmp_path / "report" / "figures" / f).exists() for f in summary["figures"])
+    assert (tmp_path / "report" / "tables" / "main.tex").read_text().count("\\midrule") >= 1
+
+
+def test_a_job_that_raises_is_failed_and_the_others_complete(tiny_sweep, tmp_path):
+    # timing.max_iters=0 makes the latency job raise ("no timing samples") for every config: use one config
+    results = tmp_path / "results"
+    failed = run_sweep(tiny_sweep, ["encoder=m2f,rt_m2f", "measure=latency", "timing.max_iters=0",
+                                    "timing.warmup_max_seconds=0.01", "timing.stage_iters=1"], results)
+    assert failed == 2
+    ok = run_sweep(tiny_sweep, ["encoder=m2f"], results)
+    assert ok == 0
+    # an invalid option (cudagraph needs CUDA) is an invalid row too, and the sweep goes on
+    assert run_sweep(tiny_sweep, ["encoder=m2f,rt_m2f", "mode=cudagraph", "device=cpu"], results) == 2
+    with ResultStore(results / "results.sqlite") as store:
+        statuses = sorted(r["status"] for r in store.rows())
+        errors = [r["error"] for r in store.rows() if r["status"] == "failed"]
+    assert statuses == ["failed", "failed", "invalid", "invalid", "ok"]
+    assert all("no timing samples" in e for e in errors)
