@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed
 endif
 
-.PHONY: help setup test test-gpu lint gpu-validate gpu-check gpu-measure gpu-fast-path sweep report profile collect export wheelhouse clean
+.PHONY: help setup test test-fast test-gpu lint gpu-validate gpu-check gpu-measure gpu-fast-path sweep report profile collect export wheelhouse clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -29,6 +29,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 test: setup  ## run the CPU test suite (GPU tests are skipped without CUDA)
 	$(PY) -m pytest -q
+
+test-fast: setup  ## the quick loop: every test not marked slow or gpu (under a minute on 2 cores)
+	$(PY) -m pytest -q -m "not slow and not gpu"
 
 test-gpu: setup  ## run only the tests marked gpu
 	$(PY) -m pytest -q -m gpu

@@ -6,7 +6,7 @@ forward hooks; prints a short table last and writes JSON to ``--out``. Default: 
 1024x2048, fp32, median of 20 after warm-up, on CUDA. ``--device cpu`` runs the same code with
 ``perf_counter`` (used by the test suite at a tiny size).
 
-    python -m scripts.gpu_baseline                      # on the GPU machine
+    python -m scripts.gpu_baseline                      # on a GPU
     python -m scripts.gpu_baseline --device cpu --height 256 --width 384 --iters 2 --warmup 1
 """
 

@@ -1,4 +1,4 @@
-"""GPU check of the measurement core (one call on the GPU machine; prints a short table last).
+"""GPU check of the measurement core in one command (prints a short table last).
 
 1. Swin-T, 1024x2048, fp32, batch 1, each in a fresh ``python -m bench`` process: M2F,
    PRO-SCALE (1,1,1) and (3,3,3) with and without LPE, Lite-M2F, RT-M2F, then M2F again back to
@@ -7,7 +7,7 @@
 3. Harness overhead: a trivial model (one 4096x4096 fp32 matmul) timed by bench.timing vs a
    bare CUDA-event loop.
 
-    python -m scripts.gpu_measure --out $OUT            # rows.csv, summary.json under --out
+    python -m scripts.gpu_measure --out outputs/gpu_measure   # rows.csv, summary.json under --out
     python -m scripts.gpu_measure --only m2f --quick    # a fast smoke run
 """
 

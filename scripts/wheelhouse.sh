@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Build ./.whl: pure-Python wheels of the dependencies the offline GPU machine lacks (it has
+# Build ./.whl: pure-Python wheels of the dependencies a GPU machine without a package index lacks (it has
 # torch, transformers, numpy, pandas, matplotlib, nvidia-ml-py, pytest, tqdm already).
 # Usage (repository root): bash scripts/wheelhouse.sh [EXTRA==VERSION ...]
-# On the GPU machine, begin the command with:
+# On that machine, begin the command with:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site:$PWD
 set -euo pipefail
