@@ -37,14 +37,14 @@ def aifi(t: Tokens) -> int:
     ((512, 1024), {"m2f": 48.0, "proscale": 30.6, "lite": 21.7, "rt": 30.2}, False),
     ((640, 640), {"m2f": 37.5, "proscale": 23.9, "lite": 16.9, "rt": 23.6}, False),
 ])
-def test_encoder_only_matches_spec(size, expected, rt_has_aifi):
+def test_encoder_only_matches_the_documented_figures(size, expected, rt_has_aifi):
     got = {k: pixel_decoder_macs(cfg, R50, *size)["encoder_formula"] for k, cfg in ENC.items()}
     if not rt_has_aifi:
         got["rt"] -= aifi(Tokens.from_size(*size))
     assert {k: g(v) for k, v in got.items()} == expected
 
 
-def test_variants_match_spec():
+def test_variants_match_the_documented_figures():
     def enc(cfg):
         return g(pixel_decoder_macs(cfg, R50, 800, 1088)["encoder_formula"])
 

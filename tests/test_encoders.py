@@ -276,3 +276,28 @@ def test_invalid_proscale_knobs(override, message, small_cfg):
 def test_invalid_lite_rt_knobs(encoder, override, message, small_cfg):
     with pytest.raises(ValueError, match=message):
         build_model(small_cfg(f"encoder={encoder}", override))
+
+
+def test_proscale_residual_adds_the_encoders_input_tokens_as_the_official_code():
+    """After a P2 layer the skip is [res5 | res4] of the encoder's input, so its res5 part is P1's input,
+    not P1's output (adding the phase's input instead differs by up to 4.3 in max abs output)."""
+    enc = ENCODERS.build("proscale", in_channels=CHANNELS["r50"], layers=[1, 1, 1], trc="off",
+                         residual=True).transformer
+
+    class Ones(torch.nn.Module):  # a layer that outputs ones, whatever it is given
+        def forward(self, src, *args):
+            return torch.ones_like(src)
+
+    class Identity(torch.nn.Module):
+        def forward(self, src, *args):
+            return src
+
+    enc.layers = torch.nn.ModuleList([Ones(), Ones(), Identity()])
+    feats = {k: torch.randn(1, c, 64 // s, 64 // s) for (k, c), s in zip(CHANNELS["r50"].items(), (4, 8, 16, 32),
+                                                                         strict=True)}
+    with torch.no_grad():
+        res5, res4, _ = enc(feats)
+        srcs, _ = enc.embed(feats)
+    # P1: ones + res5_in; P2: ones + [res5_in | res4_in] (the phase's input would give 2 + res5_in)
+    torch.testing.assert_close(res5, 1 + srcs[0])
+    torch.testing.assert_close(res4, 1 + srcs[1])

@@ -6,7 +6,7 @@ linears and convs as MACs; the MSDA core as 4*L*P*C bilinear taps plus L*P*C wei
 query; GroupNorm/LayerNorm at 5 per element and bilinear upsampling at 4 (nearest at 1) per output
 element, as fvcore counts them; BatchNorm, max-pool, softmax and elementwise ops at 0, as
 detectron2's ignore list does. ``encoder_formula`` is the "encoder" figure of docs/models.md: the
-deformable layers (or AIFI + CCFM) without norms, the number the spec's DERIVED tables quote.
+deformable layers (or AIFI + CCFM) without norms, the figure docs/models.md §7 tabulates.
 """
 
 from __future__ import annotations

@@ -96,12 +96,14 @@ class ProScaleEncoder(MSDeformEncoder):
                 src = torch.cat([src, tokens[phase]], dim=1)
             n_lv = phase + 1
             n_tok = src.shape[1]
-            phase_input = src
+            # as the official code: the skip is the encoder's input tokens of the phase's levels (after TRC),
+            # so after a P2 layer its res5 part is P1's input, not P1's output
+            skip = torch.cat(tokens[:n_lv], dim=1) if self.residual and phase < 2 else None
             for _ in range(n_layers):
                 layer = next(layer_iter)
                 src = layer(src, pos_flat[:, :n_tok], ref[:, :n_tok, :n_lv], shapes[:n_lv])
-                if self.residual and phase < 2:
-                    src = src + phase_input
+                if skip is not None:
+                    src = src + skip
         return split_levels(src, shapes)
 
 
