@@ -77,6 +77,7 @@ def test_unknown_encoder():
         pixel_decoder_macs({"name": "fpn"}, R50, 64, 64)
 
 
+@pytest.mark.slow
 def test_an_encoder_without_an_analytic_model_gives_nan_not_a_failed_job(tmp_path):
     """A new encoder is one file: registered here without ``analytic_layers``, it still measures."""
     import math

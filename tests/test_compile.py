@@ -9,6 +9,8 @@ import torch._dynamo as dynamo
 from bench.config import compose
 from models import build_model
 
+pytestmark = pytest.mark.slow  # fresh processes and model-sized traces
+
 
 def explain(model, x, postprocess: bool):
     dynamo.reset()

@@ -79,6 +79,7 @@ def test_m2f_reference_count_unchanged():
 
 
 # ---------------------------------------------------------------- structure
+@pytest.mark.slow
 def test_proscale_006_equals_m2f():
     m2f = ENCODERS.get("m2f")(SWIN_T).eval()
     ps = ENCODERS.get("proscale")(SWIN_T, layers=[0, 0, 6], lpe=False, trc="off").eval()
@@ -242,6 +243,7 @@ ENCODER_CONFIGS = [["encoder=m2f"], ["encoder=proscale"], ["encoder=proscale_111
                    ["encoder=rt_m2f"], ["encoder=rt_m2f", "encoder.pos_embed=fixed", "encoder.expansion=0.5"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", ENCODER_CONFIGS, ids=lambda o: "+".join(o))
 @pytest.mark.parametrize("size", [(128, 128), (160, 96)])
 def test_every_encoder_forward(overrides, size, small_cfg):

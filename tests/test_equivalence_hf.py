@@ -84,6 +84,7 @@ def features(batch: int, h: int, w: int) -> dict[str, torch.Tensor]:
     return {k: torch.randn(batch, c, h // s, w // s) for (k, c), s in zip(SWIN_T.items(), (4, 8, 16, 32), strict=True)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(128, 192), (160, 96)])
 def test_pixel_decoder_matches_transformers(size):
     hf = Mask2FormerPixelDecoder(hf_config(), feature_channels=list(SWIN_T.values())).eval()
@@ -103,6 +104,7 @@ def test_pixel_decoder_matches_transformers(size):
     assert ours.transformer.layers[0].self_attn.sampling_offsets.weight.abs().sum() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("queries,constant_masks", [(100, False), (200, False), (100, True)])
 def test_transformer_decoder_matches_transformers(queries, constant_masks):
     """``constant_masks``: near-constant mask features make whole queries blocked everywhere,

@@ -95,6 +95,7 @@ ENCODER_CFGS = [{"name": "m2f"}, {"name": "proscale", "layers": [3, 3, 3], "lpe"
                 {"name": "rt_m2f"}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("enc", ENCODER_CFGS, ids=lambda e: "-".join(str(v) for v in e.values()))
 @pytest.mark.parametrize("size", [(256, 384), (320, 192)])
 def test_fvcore_pixel_decoder_within_1pct_of_analytic(enc, size):
@@ -107,6 +108,7 @@ def test_fvcore_pixel_decoder_within_1pct_of_analytic(enc, size):
     assert abs(fv["total"] - analytic) / analytic < 0.01, (fv["total"], analytic, fv["unsupported"])
 
 
+@pytest.mark.slow
 def test_stage_sums_equal_totals(small_cfg):
     model = build_model(small_cfg("backbone=r50", "encoder=proscale", "input.height=128", "input.width=192"))
     row = count_flops(model, torch.rand(1, 3, 128, 192) * 255)
@@ -123,6 +125,7 @@ def test_stage_sums_equal_totals(small_cfg):
     assert row["gmacs_ptflops_total"] < row["gmacs_total"]  # ptflops' aten backend skips norms, grid_sample, ...
 
 
+@pytest.mark.slow
 def test_attention_convention_switch(small_cfg):
     model = build_model(small_cfg("backbone=swin_t", "input.height=64", "input.width=64"))
     x = torch.rand(1, 3, 64, 64) * 255

@@ -28,6 +28,7 @@ FAST_TIMING = ["timing.min_iters=3", "timing.min_seconds=0.01", "timing.warmup_m
                "timing.warmup_max_seconds=0.05", "timing.stage_iters=2", "timing.bootstrap=50"]
 
 
+@pytest.mark.slow
 def test_row_has_every_column_and_matches_result_json(tmp_path):
     cfg = compose([*TINY, "measure=all", *FAST_TIMING])
     row = run_job(cfg, tmp_path)
@@ -106,6 +107,7 @@ def test_invalid_settings_become_invalid_rows(override, message, tmp_path):
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "invalid"
 
 
+@pytest.mark.slow
 def test_a_crash_is_a_failed_row_and_oom_an_oom_row(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("kernel exploded")
@@ -128,6 +130,7 @@ def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_prints_the_row_last_and_exits_by_status(tmp_path):
     ok = run_cli(*TINY, "measure=flops", cwd=tmp_path / "ok")
     assert ok.returncode == 0, ok.stderr[-2000:]
@@ -141,6 +144,7 @@ def test_cli_prints_the_row_last_and_exits_by_status(tmp_path):
     assert unknown.returncode != 0 and "swin_t" in unknown.stderr  # Hydra lists the available options
 
 
+@pytest.mark.slow
 def test_profile_on_cpu_writes_trace_and_layer_table(tmp_path):
     cfg = compose(["backbone=r50", "encoder=proscale_111_nolpe", "input=ade20k", "input.height=64",
                    "input.width=64", "measure=profile", "profile.warmup=1", "profile.active=1"])

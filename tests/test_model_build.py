@@ -56,6 +56,7 @@ def test_non_positive_sizes(key, val, small_cfg):
         build_model(small_cfg(f"input.{key}={val}"))
 
 
+@pytest.mark.slow
 def test_invalid_knobs(small_cfg):
     with pytest.raises(ValueError, match="num_layers must be >= 1"):
         build_model(small_cfg("encoder.num_layers=0"))

@@ -47,6 +47,7 @@ def test_kernel_far_outside_points_extreme_values_and_non_power_of_two_channels(
     torch.testing.assert_close(got.double(), naive_msda(value, shapes, locations, weights), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_kernel_half_inputs_accumulate_in_fp32(dtype):
@@ -88,6 +89,7 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
         resolve_msda_backend("triton", "cpu")
 
 
+@pytest.mark.slow
 def test_job_records_the_backend_that_ran(small_cfg, tmp_path, monkeypatch):
     from bench.job import run_job
 
@@ -110,6 +112,7 @@ def _attn_inputs(levels=3):
     return attn, (query, torch.rand(2, s, levels, 2), query, shapes)
 
 
+@pytest.mark.slow
 @interpreter
 def test_custom_op_fake_tensor_and_compile_without_graph_breaks():
     value, locations, weights = inputs([(3, 5), (2, 3)])
@@ -135,6 +138,7 @@ class Bound(torch.nn.Module):
         return self.attn(*tensors, self.shapes)
 
 
+@pytest.mark.slow
 @interpreter
 def test_flop_counts_equal_the_pytorch_backend():
     from torch.utils.flop_counter import FlopCounterMode
@@ -152,6 +156,7 @@ def test_flop_counts_equal_the_pytorch_backend():
     assert counts["triton"][0] > 2 * counts["triton"][1] * 0.99  # grid_sample/msda FLOPs are in both
 
 
+@pytest.mark.slow
 @interpreter
 @pytest.mark.parametrize("encoder", [("m2f", {}), ("proscale", {"layers": (1, 1, 1)}), ("lite_m2f", {})])
 def test_encoders_equal_across_backends(encoder):
@@ -171,6 +176,7 @@ def test_encoders_equal_across_backends(encoder):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 @interpreter
 def test_gpu_fast_path_script_smoke_run_on_cpu(tmp_path):
     """The fast-path GPU command's code path at tiny shapes (the interpreter stands in for the GPU)."""
@@ -262,6 +268,7 @@ def test_fixed_block_configuration_from_the_environment(monkeypatch):
     assert (launched["BLOCK_Q"], launched["num_warps"], launched["grid"]) == (32, 2, (3, 2))
 
 
+@pytest.mark.slow
 def test_sizes_are_not_specialised_and_autotuning_is_pruned():
     """Every new size would otherwise recompile every configuration (Triton specialises ints == 1 or % 16)."""
     import subprocess

@@ -95,6 +95,7 @@ def test_whole_model_near_published(name, published, small_cfg):
     assert abs(total - published) / published < 0.01, total
 
 
+@pytest.mark.slow
 def test_backbone_channels():
     for name, ch in CHANNELS.items():
         assert BACKBONES.get(name)().out_channels == ch

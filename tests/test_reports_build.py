@@ -35,6 +35,7 @@ def fake_rows() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 def test_report_joins_reported_accuracy_and_measures_speed_conversion(tmp_path):
     summary = build_report(fake_rows(), tmp_path)
     main = pd.read_csv(tmp_path / "tables" / "main.csv").set_index("variant")
@@ -54,6 +55,7 @@ def test_report_joins_reported_accuracy_and_measures_speed_conversion(tmp_path):
     assert all((tmp_path / "figures" / f.replace(".png", ".svg")).exists() for f in summary["figures"])
 
 
+@pytest.mark.slow
 def test_user_accuracy_overrides_published(tmp_path):
     csv = tmp_path / "mine.csv"
     csv.write_text("dataset,backbone,variant,value\ncityscapes,swin_t,m2f,70.5\n")
@@ -90,6 +92,7 @@ def test_reports_cli_collect_export_build(tmp_path):
         main(["report.acc=x"])
 
 
+@pytest.mark.slow
 def test_fast_path_section_compares_within_each_execution_configuration(tmp_path):
     ref = fake_rows().assign(msda_backend="pytorch")
     fast = ref.assign(msda_backend="triton", mode="cudagraph", precision="bf16", force_fp32=False,

@@ -56,6 +56,7 @@ def test_ceilings_on_cpu_are_measured_and_cached():
     assert measure_ceilings("cpu", "fp32", size=256, copy_mb=16) is c
 
 
+@pytest.mark.slow
 def test_roofline_and_pixel_decoder_alone_in_a_job(tmp_path):
     row = run_job(compose([*TINY, "measure=[latency,roofline]", *FAST]), tmp_path)
     assert row["status"] == "ok", row["error"]
@@ -66,6 +67,7 @@ def test_roofline_and_pixel_decoder_alone_in_a_job(tmp_path):
     assert row["peak_tflops"] > 0 and row["peak_gbs"] > 0
 
 
+@pytest.mark.slow
 def test_output_error_of_bf16_with_and_without_an_fp32_pixel_decoder(tmp_path):
     rows = {}
     runs = {"fp32": ["precision=fp32"], "tf32": ["precision=tf32"], "pd_fp32": ["precision=bf16"],

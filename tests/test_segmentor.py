@@ -21,6 +21,7 @@ def stage_outputs(model, images):
     return x, feats, pix, dec
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_forward_every_backbone(backbone, small_cfg):
     cfg = small_cfg(f"backbone={backbone}", "input=cityscapes", "input.height=256", "input.width=384")
@@ -41,6 +42,7 @@ def test_forward_every_backbone(backbone, small_cfg):
     assert all(torch.isfinite(t).all() for t in (pix.mask_features, dec["pred_masks"], dec["pred_logits"]))
 
 
+@pytest.mark.slow
 def test_forward_realistic_swin_t_with_postprocess(small_cfg):
     cfg = small_cfg("backbone=swin_t", "input=coco")  # 800x1088 padded COCO size
     model = build_model(cfg)
@@ -63,6 +65,7 @@ def test_forward_realistic_swin_t_with_postprocess(small_cfg):
     assert ((inst["scores"] >= 0) & (inst["scores"] <= 1)).all()
 
 
+@pytest.mark.slow
 def test_unpadded_input_is_padded_and_cropped_back(small_cfg):
     model = build_model(small_cfg("backbone=r50", "input=ade20k"))
     images = torch.rand(2, 3, 250, 300) * 255
@@ -90,6 +93,7 @@ def test_stage_modules_cover_the_model(small_cfg):
         stages["pixel_embedding"])
 
 
+@pytest.mark.slow
 def test_pixel_decoder_stays_fp32_under_autocast(small_cfg):
     model = build_model(small_cfg("backbone=r50"))
     feats = {k: torch.randn(1, c, 256 // s, 384 // s)
@@ -102,6 +106,7 @@ def test_pixel_decoder_stays_fp32_under_autocast(small_cfg):
     assert low.mask_features.dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_gpu_baseline_script_cpu_path(tmp_path):
     """The GPU baseline script's CPU path: both models, same parameter count, a stage split."""
     import json

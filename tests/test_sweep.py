@@ -26,6 +26,8 @@ hydra:
       encoder: m2f,proscale_111,rt_m2f
 """
 
+pytestmark = pytest.mark.slow  # fresh processes and model-sized traces
+
 
 @pytest.fixture
 def tiny_sweep(tmp_path):
