@@ -9,12 +9,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.tables import Table
-
 TEMPLATES = Path(__file__).with_name("templates")
 INTRO = ("Accuracy values are *reported* (published, see `accuracy source`); every other number is *measured* by "
          "encbench.")
 FAILED_COLUMNS = ["status", "variant", "backbone", "dataset", "error"]
+
+
+@dataclass
+class Table:
+    """A table of the report: its file name, the values as shown (NaN as an en dash), and a note above it."""
+
+    name: str
+    shown: pd.DataFrame
+    note: str = ""
+
+
+def shown_values(t: pd.DataFrame) -> pd.DataFrame:
+    """Values as a reader sees them: NaN as an en dash, floats to 3 significant digits."""
+    shown = t.astype(object).where(t.notna(), "–")
+    return shown.apply(lambda col: col.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v))
 
 
 @dataclass
@@ -34,13 +47,15 @@ def markdown_table(table: Table) -> str:
 
 
 def write_report(out: Path, sections: list[Section], notes: list[str], failed: pd.DataFrame) -> None:
-    """Both renderings of the same sections."""
-    failed = failed[[c for c in FAILED_COLUMNS if c in failed]] if len(failed) else pd.DataFrame()
-    (out / "report.md").write_text(render_markdown(sections, notes, failed))
-    (out / "index.html").write_text(render_html(out, sections, notes, failed))
+    """Both renderings of the same sections; the jobs that did not succeed are the last one."""
+    if len(failed):
+        failed = failed[[c for c in FAILED_COLUMNS if c in failed]]
+        sections = [*sections, Section("Jobs that did not succeed", [], [Table("failed", shown_values(failed))])]
+    (out / "report.md").write_text(render_markdown(sections, notes))
+    (out / "index.html").write_text(render_html(out, sections, notes))
 
 
-def render_markdown(sections: list[Section], notes: list[str], failed: pd.DataFrame) -> str:
+def render_markdown(sections: list[Section], notes: list[str]) -> str:
     lines = ["# encbench report", "", INTRO, ""]
     lines += [f"> {n}" for n in notes]
     for s in sections:
@@ -48,13 +63,10 @@ def render_markdown(sections: list[Section], notes: list[str], failed: pd.DataFr
         lines += [f"![{f}](figures/{f})" for f in s.figures]
         for t in s.tables:
             lines += ["", markdown_table(t)]
-    if len(failed):
-        lines += ["", "## Jobs that did not succeed", "",
-                  markdown_table(Table("failed", failed.astype(object).where(failed.notna(), "–")))]
     return "\n".join(lines) + "\n"
 
 
-def render_html(out: Path, sections: list[Section], notes: list[str], failed: pd.DataFrame) -> str:
+def render_html(out: Path, sections: list[Section], notes: list[str]) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
@@ -65,6 +77,4 @@ def render_html(out: Path, sections: list[Section], notes: list[str], failed: pd
     def rows(frame: pd.DataFrame) -> list[list[str]]:
         return [[str(v) for v in r] for r in frame.itertuples(index=False)]
 
-    return env.get_template("report.html.j2").render(
-        notes=notes, sections=sections, embed=embed, rows=rows, failed=failed,
-        failed_rows=rows(failed.astype(object).where(failed.notna(), "–")) if len(failed) else [])
+    return env.get_template("report.html.j2").render(notes=notes, sections=sections, embed=embed, rows=rows)

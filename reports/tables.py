@@ -4,11 +4,12 @@ the fast-path comparison; each written as CSV, markdown and LaTeX."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from reports.render import Table, markdown_table, shown_values
 
 ACCURACY = Path(__file__).with_name("accuracy.csv")
 GROUP = ["hardware", "device", "precision", "mode", "msda_backend", "batch", "resolution", "dataset", "backbone"]
@@ -132,25 +133,8 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     return g[[c for c in cols if c in g]].rename(columns=cols)
 
 
-@dataclass
-class Table:
-    """A table of the report: its file name, the values as shown (NaN as an en dash), and a note above it."""
-
-    name: str
-    shown: pd.DataFrame
-    note: str = ""
-
-
-def shown_values(t: pd.DataFrame) -> pd.DataFrame:
-    """Values as a reader sees them: NaN as an en dash, floats to 3 significant digits."""
-    shown = t.astype(object).where(t.notna(), "–")
-    return shown.apply(lambda col: col.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v))
-
-
 def write_table(t: pd.DataFrame, out: Path, name: str, note: str = "") -> Table:
     """CSV (NaN empty, full precision), markdown and LaTeX files; returns the table for the report."""
-    from reports.render import markdown_table
-
     t.to_csv(out / f"{name}.csv", index=False)
     table = Table(name, shown_values(t), note)
     (out / f"{name}.md").write_text(markdown_table(table) + "\n")
