@@ -29,7 +29,6 @@ THROTTLE_REASONS = {
     0x80: "hw_power_brake_slowdown", 0x100: "display_clock_setting",
 }
 INVALIDATING = 0x8 | 0x20 | 0x40 | 0x80  # slowdowns that always invalidate a window
-POWER_CAP = 0x4  # recorded; invalidates only together with a clock drop
 CLOCK_DROP = 0.75  # a window whose SM clock fell below this fraction of the maximum is invalid
 NVML_CLOCK_SM = 1
 NVML_TEMPERATURE_GPU = 0
@@ -40,7 +39,8 @@ def nvml_error(nvml: Any) -> type[BaseException] | tuple[type[BaseException], ..
     return getattr(nvml, "NVMLError", OSError)
 
 
-def _text(value: Any) -> str:
+def nvml_text(value: Any) -> str:
+    """An NVML string (bytes in older bindings) as str."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -63,7 +63,7 @@ def nvml_handle(nvml: Any, uuid: str | None, index: int | None = None) -> tuple[
     if uuid:
         for i in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(i)
-            if _text(nvml.nvmlDeviceGetUUID(handle)) == uuid:
+            if nvml_text(nvml.nvmlDeviceGetUUID(handle)) == uuid:
                 return handle, f"uuid {uuid}"
     return nvml.nvmlDeviceGetHandleByIndex(0), "nvml index 0 (no UUID match)"
 

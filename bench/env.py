@@ -43,17 +43,16 @@ def capture(device: torch.device, nvml: Any | None = None, handle: Any = None) -
     env: dict[str, Any] = {"torch_version": torch.__version__, "cuda_version": torch.version.cuda,
                            "transformers_version": transformers.__version__, "cpu_name": cpu_name(),
                            "num_threads": torch.get_num_threads(), "git_commit": git_commit()}
-    if device.type == "cuda":
-        from bench.energy import cuda_uuid
+    from bench.energy import NVML_CLOCK_SM, NVML_TEMPERATURE_GPU, cuda_uuid, nvml_text
 
+    if device.type == "cuda":
         env["gpu_name"] = torch.cuda.get_device_name(device)
         env["gpu_uuid"] = cuda_uuid(device)
     if nvml is not None and handle is not None:
         try:
-            driver = nvml.nvmlSystemGetDriverVersion()
-            env["driver"] = driver.decode() if isinstance(driver, bytes) else driver
-            env["temp_c_start"] = nvml.nvmlDeviceGetTemperature(handle, 0)
-            env["sm_clock_mhz_min"] = env["sm_clock_mhz_max"] = nvml.nvmlDeviceGetClockInfo(handle, 1)
+            env["driver"] = nvml_text(nvml.nvmlSystemGetDriverVersion())
+            env["temp_c_start"] = nvml.nvmlDeviceGetTemperature(handle, NVML_TEMPERATURE_GPU)
+            env["sm_clock_mhz_min"] = env["sm_clock_mhz_max"] = nvml.nvmlDeviceGetClockInfo(handle, NVML_CLOCK_SM)
             env["gpu_state_window"] = "one reading at job start"
         except Exception as err:  # record, never fail the job for environment capture
             env["driver"] = f"unreadable: {err}"

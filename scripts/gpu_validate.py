@@ -107,26 +107,23 @@ def environment(v: Validation) -> dict:
     import torch
 
     from bench import energy
+    from bench.env import capture
 
     env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                            "cuda": torch.version.cuda, "triton": _version("triton"),
                            "transformers": _version("transformers"), "device": str(v.device),
                            "triton_config": os.environ.get("ENCBENCH_MSDA_TRITON_CONFIG")}
     if v.device.type != "cuda":
-        return {**env, "gpu": None, "reason": "no CUDA device: GPU columns not measured"}
-    env.update(gpu=torch.cuda.get_device_name(), gpu_uuid=energy.cuda_uuid(v.device),
-               capability=".".join(map(str, torch.cuda.get_device_capability())))
+        return {**env, "gpu_name": None, "reason": "no CUDA device: GPU columns not measured"}
+    env["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
     nvml, reason = energy.load_nvml()
     if nvml is None:
-        return {**env, "nvml": reason}
+        return {**env, **capture(v.device), "nvml": reason}
     try:
-        handle, how = energy.nvml_handle(nvml, env["gpu_uuid"])
-        env["nvml_device"] = how
-        env["driver"] = energy._text(nvml.nvmlSystemGetDriverVersion())
-        env["sm_clock_mhz"] = nvml.nvmlDeviceGetClockInfo(handle, energy.NVML_CLOCK_SM)
+        handle, env["nvml_device"] = energy.nvml_handle(nvml, energy.cuda_uuid(v.device))
+        env.update(capture(v.device, nvml, handle))  # name, UUID, driver, temperature, SM clock: as every row
         env["sm_clock_mhz_max"] = energy.max_sm_clock(nvml, handle)
         env["power_limit_w"] = nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1e3
-        env["temp_c"] = nvml.nvmlDeviceGetTemperature(handle, energy.NVML_TEMPERATURE_GPU)
         env["counter_tick_s"] = energy.counter_tick(nvml, handle, seconds=1.5)
         env["idle_w"] = energy.EnergyMeter(nvml, handle).idle_power(seconds=4.0, cooldown=0.0)
     except energy.nvml_error(nvml) as err:
@@ -417,7 +414,7 @@ def print_summary(v: Validation) -> None:
     steps = v.summary.get("steps", {})
     print("\n# gpu_validate: " + ", ".join(f"{k} {s['status']}" for k, s in steps.items()))
     env = v.summary.get("environment") or {}
-    print(f"# {env.get('gpu') or env.get('device')}  driver {env.get('driver')}  torch {env.get('torch')}  "
+    print(f"# {env.get('gpu_name') or env.get('device')}  driver {env.get('driver')}  torch {env.get('torch')}  "
           f"triton {env.get('triton')}  idle {env.get('idle_w')} W  counter tick {env.get('counter_tick_s')} s")
     for name, r in (v.summary.get("rows") or {}).items():
         print(f"{name:<15}{r.get('status') or '':<8}p50 {_f(r.get('latency_ms_p50'))} ms  "
