@@ -64,23 +64,44 @@ def resolve_device(value: str) -> torch.device:
     return torch.device(value)
 
 
+# (low, high) bounds of the numeric knobs, inclusive; None: unbounded on that side
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "timing.min_iters": (1, None), "timing.max_iters": (1, None), "timing.min_seconds": (0, None),
+    "timing.warmup_min_seconds": (0, None), "timing.warmup_max_seconds": (0, None), "timing.warmup_window": (2, None),
+    "timing.warmup_tolerance": (1e-9, None), "timing.stage_iters": (0, None), "timing.busy_iters": (0, None),
+    "timing.bootstrap": (0, None),
+    "energy.min_seconds": (1e-3, None), "energy.idle_seconds": (0, None), "energy.cooldown_seconds": (0, None),
+    "energy.idle_w": (0, None), "energy.gpu_index": (0, None), "energy.sample_period": (1e-3, None),
+    "profile.warmup": (0, None), "profile.active": (1, None),
+}
+
+
+def _typed(key: str, value: Any, kind: str) -> Any:
+    """``value`` checked against a field's annotation (``int``, ``float``, ``bool``, ``str``, ``| None``)."""
+    if value is None and "None" in kind:
+        return None
+    base = kind.split("|")[0].strip()
+    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, int | float) and not isinstance(value, bool),
+          "bool": isinstance(value, bool), "str": isinstance(value, str)}.get(base, True)
+    if not ok:
+        raise InvalidConfig(f"{key}={value!r} must be {kind}")
+    low, high = RANGES.get(key, (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+        raise InvalidConfig(f"{key}={value!r} must be {bound}")
+    return float(value) if base == "float" else value
+
+
 def _group(cls: type, key: str, value: Mapping[str, Any] | None) -> Any:
-    """A settings group from its config mapping: known keys only, each cast to its field's type."""
+    """A settings group from its config mapping: known keys only, each checked against its field's type
+    and range; an unknown key or a bad value names the key and what is valid."""
     value = dict(value or {})
     names = [f.name for f in fields(cls)]
     unknown = sorted(set(value) - set(names))
     if unknown:
         raise InvalidConfig(f"unknown {key} option(s) {unknown}; valid: {names}")
-    out = {}
-    for f in fields(cls):
-        if f.name in value and value[f.name] is not None:
-            kind = {"float": float, "int": int, "bool": bool, "str": str}.get(str(f.type).split(" ")[0].split("|")[0])
-            try:
-                out[f.name] = kind(value[f.name]) if kind else value[f.name]
-            except (TypeError, ValueError):
-                raise InvalidConfig(f"{key}.{f.name}={value[f.name]!r} must be {f.type}") from None
-        elif f.name in value:
-            out[f.name] = None
+    out = {f.name: _typed(f"{key}.{f.name}", value[f.name], str(f.type)) for f in fields(cls) if f.name in value}
     return cls(**out)
 
 
@@ -131,10 +152,7 @@ class JobSettings:
     def from_config(cls, cfg: Mapping[str, Any]) -> JobSettings:
         """Validate the measurement keys of a composed config and resolve ``auto`` choices."""
         device = resolve_device(cfg.get("device", "auto"))
-        try:
-            seed = int(cfg.get("seed", 0))
-        except (TypeError, ValueError):
-            raise InvalidConfig(f"seed={cfg.get('seed')!r} must be an integer") from None
+        seed = _typed("seed", cfg.get("seed", 0), "int")
         settings = cls(measures=tuple(parse_measures(cfg.get("measure", "flops"), device)), device=device,
                        precision=choice("precision", cfg.get("precision", "fp32"), PRECISIONS),
                        mode=choice("mode", cfg.get("mode", "eager"), MODES),
@@ -160,10 +178,13 @@ def _msda_backend(name: str, device: torch.device) -> str:
 
 
 def _timing(value: Any) -> TimingConfig:
-    try:
-        return TimingConfig.from_mapping(value)
-    except (TypeError, ValueError) as err:
-        raise InvalidConfig(str(err)) from err
+    timing = _group(TimingConfig, "timing", value)
+    if timing.max_iters < timing.min_iters:
+        raise InvalidConfig(f"timing.max_iters={timing.max_iters} must be >= timing.min_iters={timing.min_iters}")
+    if timing.warmup_max_seconds < timing.warmup_min_seconds:
+        raise InvalidConfig(f"timing.warmup_max_seconds={timing.warmup_max_seconds:g} must be >= "
+                            f"timing.warmup_min_seconds={timing.warmup_min_seconds:g}")
+    return timing
 
 
 def measured_config(cfg: Mapping[str, Any], device: torch.device) -> dict[str, Any]:

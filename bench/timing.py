@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,14 +34,6 @@ class TimingConfig:
     e2e: bool = True
     pixel_decoder_alone: bool = True
     bootstrap: int = 2000
-
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any] | None) -> TimingConfig:
-        cfg = dict(cfg or {})
-        unknown = set(cfg) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown timing option(s) {sorted(unknown)}; valid: {[f.name for f in fields(cls)]}")
-        return cls(**cfg)
 
 
 class IterationClock:

@@ -8,7 +8,8 @@ top-level ``msda_backend``. Unknown names and options fail with the valid choice
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from models.backbones import BACKBONES
@@ -19,6 +20,12 @@ from models.registry import Registry
 from models.segmentor import Segmentor
 
 POSTPROCESS_KEYS = ("tasks", "thing_ids", "object_mask_threshold", "overlap_threshold", "topk_per_image")
+# ranges of knobs shared by the builders (checked with their types before anything is built)
+AT_LEAST_ONE = {"d_model", "mask_dim", "conv_dim", "ffn_dim", "n_heads", "n_points", "num_layers", "num_blocks",
+                "blocks", "layers_per_block", "hidden_dim", "nheads", "dim_feedforward", "dec_layers", "num_queries",
+                "num_classes", "high_levels"}
+POSITIVE = {"expansion", "trc_temperature", "pe_temperature"}
+UNIT_INTERVAL = {"dropout"}
 
 
 def _plain(cfg: Any) -> dict:
@@ -43,7 +50,62 @@ def group_options(group: str, cfg: Mapping[str, Any], registry: Registry, reserv
         unknown = sorted(set(options) - set(params))
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for {group} {cfg['name']!r}; valid options: {valid}")
+    check_options(group, builder, options)
     return builder, options
+
+
+def _hints(builder: Callable) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(builder.__init__ if inspect.isclass(builder) else builder)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: the builder checks its own arguments
+        return {}
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (from a config: no tuples, ints for floats) is an instance of ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is None:
+        return True
+    if origin is typing.Literal:
+        return value in args
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_conforms(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
+        inner = args[0] if args and args[0] is not Ellipsis else Any
+        return isinstance(value, list | tuple) and all(_conforms(v, inner) for v in value)
+    return True  # a type a config cannot spell (a module, a mapping): left to the builder
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def check_options(group: str, builder: Callable, options: Mapping[str, Any]) -> None:
+    """Every option's type (from the builder's annotations) and range; the error names the key."""
+    hints = _hints(builder)
+    for key, value in options.items():
+        hint = hints.get(key)
+        if hint is not None and not _conforms(value, hint):
+            raise ValueError(f"{group}.{key}={value!r} must be {_describe(hint)}")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if key in AT_LEAST_ONE and number and value < 1:
+            raise ValueError(f"{group}.{key}={value!r} must be >= 1")
+        if key in POSITIVE and number and value <= 0:
+            raise ValueError(f"{group}.{key}={value!r} must be > 0")
+        if key in UNIT_INTERVAL and number and not 0 <= value < 1:
+            raise ValueError(f"{group}.{key}={value!r} must be in [0, 1)")
 
 
 def check_input(inp: Mapping[str, Any]) -> None:

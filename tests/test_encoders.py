@@ -162,6 +162,16 @@ def test_lite_high_levels_one_uses_stride32_only():
     assert calls == [(128 // 32) * (192 // 32)]
 
 
+def test_rt_lateral_input_is_contiguous_as_rt_detr():
+    """RT-DETR calls .contiguous() on AIFI's output map: the first lateral conv never gets a strided view."""
+    dec = ENCODERS.get("rt_m2f")(SWIN_T).eval()
+    seen = []
+    dec.transformer.lateral_convs[0].register_forward_pre_hook(lambda mod, args: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        dec(feats(SWIN_T, 128, 192))
+    assert seen == [True]
+
+
 def test_rt_aifi_sees_only_stride32_tokens():
     dec = ENCODERS.get("rt_m2f")(SWIN_T).eval()
     seen = []
@@ -261,7 +271,7 @@ def test_every_encoder_forward(overrides, size, small_cfg):
     ("encoder.layers=[1,-1,2]", r"three non-negative integers"),
     ("encoder.layers=[0,0,0]", r"at least one layer"),
     ("encoder.layers=[1,2]", r"three non-negative integers"),
-    ("encoder.trc=maybe", r"encoder.trc must be one of \['faithful', 'fixed', 'off'\]"),
+    ("encoder.trc=maybe", r"encoder.trc='maybe' must be one of 'faithful', 'fixed', 'off'"),
 ])
 def test_invalid_proscale_knobs(override, message, small_cfg):
     with pytest.raises(ValueError, match=message):
@@ -270,13 +280,30 @@ def test_invalid_proscale_knobs(override, message, small_cfg):
 
 @pytest.mark.parametrize("encoder,override,message", [
     ("lite_m2f", "encoder.high_levels=3", r"high_levels must be 1 or 2"),
-    ("lite_m2f", "encoder.blocks=0", r"blocks and encoder.layers_per_block must be >= 1"),
-    ("rt_m2f", "encoder.expansion=0", r"expansion must be > 0"),
-    ("rt_m2f", "encoder.expansion=-0.5", r"expansion must be > 0"),
-    ("rt_m2f", "encoder.pos_embed=sine", r"pos_embed must be one of"),
+    ("lite_m2f", "encoder.blocks=0", r"encoder.blocks=0 must be >= 1"),
+    ("rt_m2f", "encoder.expansion=0", r"expansion=0 must be > 0"),
+    ("rt_m2f", "encoder.expansion=-0.5", r"expansion=-0.5 must be > 0"),
+    ("rt_m2f", "encoder.pos_embed=sine", r"pos_embed='sine' must be one of 'faithful', 'fixed'"),
 ])
 def test_invalid_lite_rt_knobs(encoder, override, message, small_cfg):
     with pytest.raises(ValueError, match=message):
+        build_model(small_cfg(f"encoder={encoder}", override))
+
+
+@pytest.mark.parametrize("encoder,override,message", [
+    ("m2f", "encoder.num_layers=abc", r"encoder.num_layers='abc' must be int"),
+    ("m2f", "encoder.ffn_dim=0", r"encoder.ffn_dim=0 must be >= 1"),
+    ("m2f", "encoder.dropout=1.5", r"encoder.dropout=1.5 must be in \[0, 1\)"),
+    ("rt_m2f", "encoder.expansion=abc", r"encoder.expansion='abc' must be float"),
+    ("proscale", "encoder.lpe=maybe", r"encoder.lpe='maybe' must be bool"),
+    ("proscale", "encoder.trc_temperature=0", r"encoder.trc_temperature=0 must be > 0"),
+    ("m2f", "decoder.num_queries=0", r"decoder.num_queries=0 must be >= 1"),
+    ("m2f", "decoder.hidden_dim=abc", r"decoder.hidden_dim='abc' must be int"),
+])
+def test_every_knob_is_typed_and_ranged_before_anything_is_built(encoder, override, message, small_cfg):
+    """Type and range come from the builder's annotations and the shared range table, so a bad knob fails
+    with its key named, before a single module is built."""
+    with pytest.raises(ValueError, match=message), torch.device("meta"):
         build_model(small_cfg(f"encoder={encoder}", override))
 
 

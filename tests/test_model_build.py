@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
-from hydra.errors import MissingConfigException
 
-from bench.config import compose
+from bench.config import ConfigError, compose
 from models import build_model
 from models.registry import UnknownNameError
 
@@ -28,9 +29,16 @@ def test_swin_l_uses_200_queries_and_dataset_classes():
 @pytest.mark.parametrize("override,valid", [("backbone=resnet50", "swin_t"), ("encoder=deformable", "m2f"),
                                             ("input=kitti", "cityscapes")])
 def test_unknown_group_option_lists_valid(override, valid):
-    with pytest.raises(MissingConfigException) as err:
+    with pytest.raises(ConfigError) as err:
         compose([override])
-    assert valid in str(err.value)
+    assert valid in str(err.value) and "Config search path" not in str(err.value)
+
+
+@pytest.mark.parametrize("override,listed", [("encoder.n_layers=3", "valid keys of encoder (m2f): d_model, dropout"),
+                                             ("seeds=1", "valid keys at the top level: backbone, decoder, device")])
+def test_unknown_key_lists_the_valid_keys(override, listed):
+    with pytest.raises(ConfigError, match=re.escape(listed)):
+        compose([override])
 
 
 def test_unknown_registry_names_list_valid(small_cfg):
@@ -58,9 +66,9 @@ def test_non_positive_sizes(key, val, small_cfg):
 
 @pytest.mark.slow
 def test_invalid_knobs(small_cfg):
-    with pytest.raises(ValueError, match="num_layers must be >= 1"):
+    with pytest.raises(ValueError, match="num_layers=0 must be >= 1"):
         build_model(small_cfg("encoder.num_layers=0"))
-    with pytest.raises(ValueError, match="num_queries must be >= 1"):
+    with pytest.raises(ValueError, match="num_queries=0 must be >= 1"):
         build_model(small_cfg("decoder.num_queries=0"))
     with pytest.raises(ValueError, match="tasks must be a non-empty subset"):
         build_model(small_cfg("input.tasks=[depth]"))

@@ -10,7 +10,7 @@ guided by the input-projected stride-8 tokens; LPE replaces the stride-4 3x3 con
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from models.encoders.m2f import MSDeformEncoder
 from models.layers import MSDeformEncoderLayer
 
 TRC_MODES = ("faithful", "fixed", "off")
+TrcMode = Literal["faithful", "fixed", "off"]
 
 
 class TRC(nn.Module):
@@ -130,7 +131,7 @@ class ProScalePixelDecoder(PixelDecoder):
         return label + ("+res" if options.get("residual") else "")
 
     def __init__(self, in_channels: Mapping[str, int], layers: Sequence[int] = (3, 3, 3), lpe: bool = True,
-                 trc: str = "faithful", residual: bool = False, trc_temperature: float = 0.1,
+                 trc: TrcMode = "faithful", residual: bool = False, trc_temperature: float = 0.1,
                  d_model: int = 256, mask_dim: int = 256, ffn_dim: int = 1024, n_heads: int = 8,
                  n_points: int = 4, dropout: float = 0.0, msda_backend: str = "pytorch",
                  force_fp32: bool = True) -> None:

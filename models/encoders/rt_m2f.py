@@ -9,7 +9,7 @@ first; Mask2Former's stride-4 mask branch on res2 and the stride-8 output.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from models.encoders.analytic import F_ENC, NORM, C, Tokens
 from models.encoders.base import PixelDecoder, PixelEmbedding
 
 POS_EMBED_MODES = ("faithful", "fixed")
+PosEmbedMode = Literal["faithful", "fixed"]
 
 
 def sincos_2d(h: int, w: int, dim: int = 256, temperature: float = 10000.0, layout: str = "faithful",
@@ -126,7 +127,7 @@ class HybridEncoder(nn.Module):
         b, c, h, w = proj[-1].shape
         pos = sincos_2d(h, w, c, self.pe_temperature, self.pos_embed, proj[-1].device).to(proj[-1].dtype)
         memory = self.aifi(proj[-1].flatten(2).transpose(1, 2), pos)
-        proj[-1] = memory.transpose(1, 2).reshape(b, c, h, w)
+        proj[-1] = memory.transpose(1, 2).reshape(b, c, h, w).contiguous()  # as RT-DETR: no strided conv input
         # top-down: lateral conv on the coarser map, upsample x2, fuse with the finer projection
         inner = [proj[-1]]
         for i, idx in enumerate(range(len(proj) - 1, 0, -1)):
@@ -171,7 +172,7 @@ class RTM2FPixelDecoder(PixelDecoder):
         label = f"rt_m2f(e{float(options.get('expansion', 1.0)):g})"
         return label + ("+pos_fixed" if options.get("pos_embed") == "fixed" else "")
 
-    def __init__(self, in_channels: Mapping[str, int], expansion: float = 1.0, pos_embed: str = "faithful",
+    def __init__(self, in_channels: Mapping[str, int], expansion: float = 1.0, pos_embed: PosEmbedMode = "faithful",
                  num_blocks: int = 3, d_model: int = 256, mask_dim: int = 256, ffn_dim: int = 1024, n_heads: int = 8,
                  dropout: float = 0.0, pe_temperature: float = 10000.0, msda_backend: str = "pytorch",
                  force_fp32: bool = True) -> None:
