@@ -311,9 +311,10 @@ class FlopCache:
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def key(self, *parts: Any) -> str:
-        import fvcore
+        """The entry's key: its parts and the code fingerprint (new code or libraries never reuse a count)."""
+        from bench.fingerprint import code_fingerprint
 
-        blob = json.dumps([parts, torch.__version__, getattr(fvcore, "__version__", "")], sort_keys=True, default=str)
+        blob = json.dumps([parts, code_fingerprint()], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def get(self, key: str) -> dict | None:

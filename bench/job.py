@@ -17,6 +17,7 @@ import torch
 
 from bench import energy
 from bench.env import capture
+from bench.locks import FileLock, LockHeld, gpu_lock_path
 from bench.measures import INVALID, JobContext, ordered
 from bench.row import STAGES, config_hash, new_row, to_json
 from bench.runners import make_runner
@@ -25,6 +26,9 @@ from models.encoders import variant_name
 from models.encoders.analytic import NoAnalyticModel, pixel_decoder_macs
 
 log = logging.getLogger("bench")
+TIMED = {"latency", "energy", "profile"}  # measures that must have the GPU to themselves
+GPU_WAIT_S = 600.0
+_held: list[FileLock] = []  # the GPU lock, held until the job process exits
 
 
 def fill_config_columns(row: dict[str, Any], cfg: Mapping[str, Any]) -> None:
@@ -76,6 +80,7 @@ def prepare(cfg: dict[str, Any], settings: JobSettings, row: dict[str, Any], out
     row.update(device=device.type, measure=",".join(settings.measures),
                msda_backend=settings.msda_backend)  # the backend that ran, not the one asked for
     row["config_hash"] = config_hash(measured_config(cfg, device))
+    hold_gpu(device, settings.measures)
     nvml, nvml_reason = energy.load_nvml() if device.type == "cuda" else (None, None)
     gpu = energy.open_meter(nvml, nvml_reason, device, settings.energy, "energy" in settings.measures, row)
     row.update(capture(device, gpu.meter and gpu.meter.nvml, gpu.meter and gpu.meter.handle))
@@ -96,6 +101,24 @@ def prepare(cfg: dict[str, Any], settings: JobSettings, row: dict[str, Any], out
         return make_runner(model, images, settings.with_mode(mode), postprocess)
 
     return JobContext(cfg, settings, model, images, row, runner, gpu, out_dir)
+
+
+def hold_gpu(device: torch.device, measures: tuple[str, ...]) -> None:
+    """Take the machine-wide lock of this GPU for a timed job (waits up to ``GPU_WAIT_S`` for another
+    encbench job, from any results directory, to finish); a job that cannot have it fails, untimed."""
+    if device.type != "cuda" or not TIMED & set(measures) or _held:
+        return
+    key = str(torch.cuda.get_device_properties(device).uuid)
+    lock = FileLock(gpu_lock_path(key), f"GPU {torch.cuda.get_device_name(device)} ({key})")
+    try:
+        lock.acquire(wait=0)
+    except LockHeld as err:
+        log.warning("%s; waiting up to %.0f s", err, GPU_WAIT_S)
+        try:
+            lock.acquire(wait=GPU_WAIT_S)
+        except LockHeld as again:
+            raise RuntimeError(f"timed jobs never share a GPU: {again}") from None
+    _held.append(lock)
 
 
 def analytic_gmacs(cfg: Mapping[str, Any], model: torch.nn.Module) -> float:

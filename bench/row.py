@@ -20,8 +20,8 @@ TIMED_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess
 STATUSES = ("ok", "failed", "oom", "skipped", "invalid")
 
 SCHEMA_VERSION = 2  # docs/results.md: bump when a column is renamed, removed or changes meaning
-IDENTITY = ["schema_version", "run_id", "config_hash", "sweep", "created_at", "git_commit", "status", "error",
-            "measure"]
+IDENTITY = ["schema_version", "run_id", "config_hash", "sweep", "created_at", "git_commit", "code_fingerprint",
+            "status", "error", "measure"]
 CONFIG = ["encoder", "variant", "backbone", "dataset", "height", "width", "batch", "precision", "force_fp32", "mode",
           "device", "msda_backend"]
 SIZE = (["params_total"] + [f"params_{s}" for s in STAGES]
@@ -45,7 +45,8 @@ ENVIRONMENT = ["gpu_name", "gpu_uuid", "nvml_device", "driver", "torch_version",
                "sm_clock_mhz_min_busy", "sm_clock_mhz_max", "temp_c_start", "temp_c_end", "throttle_reasons",
                "sampler_failures", "valid", "invalid_reason", "artifacts"]
 COLUMNS = IDENTITY + CONFIG + SIZE + SPEED + ROOFLINE + ACCURACY + MEMORY + ENERGY + ENVIRONMENT
-STRING_COLUMNS = {"run_id", "config_hash", "sweep", "created_at", "git_commit", "status", "error", "measure",
+STRING_COLUMNS = {"run_id", "config_hash", "sweep", "created_at", "git_commit", "code_fingerprint", "status", "error",
+                  "measure",
                   "encoder", "variant", "backbone", "dataset", "precision", "mode", "device", "msda_backend",
                   "mem_method", "gpu_name", "driver", "torch_version", "cuda_version", "transformers_version",
                   "cpu_name", "throttle_reasons", "invalid_reason", "gpu_uuid", "nvml_device", "gpu_state_window"}
@@ -53,8 +54,11 @@ STRING_COLUMNS = {"run_id", "config_hash", "sweep", "created_at", "git_commit", 
 
 def new_row() -> dict[str, Any]:
     """A row with every column: NaN for numbers, None for strings, {} for mappings."""
+    from bench.fingerprint import code_fingerprint
+
     row: dict[str, Any] = {c: (None if c in STRING_COLUMNS else math.nan) for c in COLUMNS}
-    row.update(schema_version=SCHEMA_VERSION, unsupported_ops={}, artifacts={}, valid=True, status="ok",
+    row.update(schema_version=SCHEMA_VERSION, code_fingerprint=code_fingerprint(), unsupported_ops={}, artifacts={},
+               valid=True, status="ok",
                run_id=uuid.uuid4().hex[:12], created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     return row
 

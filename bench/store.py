@@ -3,15 +3,24 @@
 ``history`` keeps every row ever collected (unique ``run_id``: collecting twice changes nothing).
 ``results`` holds one row per ``config_hash``: the latest ``ok`` row, or the latest attempt while
 no attempt succeeded. A failed re-run never replaces a measured row; ``force`` re-runs do.
+
+Safety net (docs/reliability.md): the file is checked on open (an empty or corrupt file is an
+error naming the recovery command, never a new store); every row is checkpointed into the main
+file, so copying ``results.sqlite`` alone copies every committed row; ``backup`` takes an online
+copy; ``readonly=True`` opens without writing anything (a read-only directory works);
+``rebuild_store`` recreates the store from the run directories' ``result.json`` files.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -24,19 +33,72 @@ CREATE TABLE IF NOT EXISTS results (
     config_hash TEXT PRIMARY KEY, run_id TEXT, status TEXT, sweep TEXT, created_at TEXT, row TEXT);
 CREATE INDEX IF NOT EXISTS history_hash ON history(config_hash);
 """
+BACKUPS_KEPT = 5
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as it is; the message names the file and what to do."""
+
+
+def recovery_hint(path: Path) -> str:
+    return (f"recover it from the run directories with: python -m reports rebuild results={path.parent} "
+            f"(the damaged file is kept beside it), or restore a copy from {path.parent / 'backups'}")
+
+
+@dataclass
+class Collected:
+    """What a ``collect`` did: rows added, rows already present, files skipped with the reason."""
+
+    added: int = 0
+    seen: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 class ResultStore:
-    """A SQLite file of result rows (created on first use)."""
+    """A SQLite file of result rows (created on first use unless ``readonly``)."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | str, readonly: bool = False) -> None:
+        self.path = Path(path).absolute()
+        self.readonly = readonly
+        if self.path.exists() and self.path.stat().st_size == 0:
+            raise StoreError(f"the results store {self.path} is an empty (0-byte) file, not a store; "
+                             + recovery_hint(self.path))
+        if readonly and not self.path.exists():
+            raise StoreError(f"no results store at {self.path}; run a sweep first, or name the results "
+                             "directory with results=DIR")
+        try:
+            self.conn = self._connect()
+            self._check()
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"the results store {self.path} cannot be read ({err}); "
+                             + recovery_hint(self.path)) from err
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            uri = f"file:{quote(str(self.path))}?mode=ro"
+            try:
+                conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError:  # a read-only directory: no -shm can be made, read it as is
+                return sqlite3.connect(f"file:{quote(str(self.path))}?immutable=1", uri=True, isolation_level=None)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(SCHEMA)
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(SCHEMA)
+        return conn
+
+    def _check(self) -> None:
+        found = self.conn.execute("PRAGMA quick_check").fetchone()
+        if not found or found[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {found[0] if found else 'no answer'}")
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"history", "results"} <= tables:
+            raise sqlite3.DatabaseError(f"not an encbench store (tables: {sorted(tables) or 'none'})")
 
     def close(self) -> None:
+        if not self.readonly:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()
 
     def __enter__(self) -> ResultStore:
@@ -64,11 +126,21 @@ class ResultStore:
                 self.conn.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
                                   (row["config_hash"], row["run_id"], row.get("status"), row.get("sweep"),
                                    row.get("created_at"), blob))
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # the main file holds every committed row
         return True
 
     def status(self, config_hash: str) -> str | None:
         found = self.conn.execute("SELECT status FROM results WHERE config_hash = ?", (config_hash,)).fetchone()
         return found[0] if found else None
+
+    def measured(self) -> dict[str, str | None]:
+        """``config_hash`` -> ``code_fingerprint`` of every configuration whose stored row is ok."""
+        query = "SELECT config_hash, json_extract(row, '$.code_fingerprint') FROM results WHERE status = 'ok'"
+        return dict(self.conn.execute(query).fetchall())
+
+    def sources(self) -> set[str]:
+        """The files rows were collected from."""
+        return {r[0] for r in self.conn.execute("SELECT source FROM history WHERE source IS NOT NULL")}
 
     def rows(self, table: str = "results") -> list[dict[str, Any]]:
         if table not in ("results", "history"):
@@ -86,20 +158,36 @@ class ResultStore:
                 df[col] = df[col].map(json.dumps)
         return df
 
-    def collect(self, roots: Iterable[Path | str]) -> tuple[int, int]:
-        """Add every ``result.json`` under ``roots``; returns (added, already present)."""
-        added = seen = 0
-        for root in roots:
-            for path in sorted(Path(root).rglob("result.json")):
-                try:
-                    row = json.loads(path.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue  # a half-written file: the atomic writer never leaves one, skip it
-                if self.add(row, str(path)):
-                    added += 1
-                else:
-                    seen += 1
-        return added, seen
+    def collect(self, roots: Iterable[Path | str], skip_known: bool = True) -> Collected:
+        """Add every ``result.json`` under ``roots`` (files already collected are not re-read)."""
+        done = Collected()
+        known = self.sources() if skip_known else set()
+        for path in result_files(roots):
+            if str(path) in known:
+                done.seen += 1
+                continue
+            row, reason = read_row(path)
+            if row is None:
+                done.skipped.append((str(path), reason))
+            elif self.add(row, str(path)):
+                done.added += 1
+            else:
+                done.seen += 1
+        return done
+
+    def backup(self, directory: Path | str | None = None, keep: int = BACKUPS_KEPT) -> Path:
+        """An online copy (SQLite's backup API) in ``directory`` (default: ``backups/`` beside the store);
+        only the newest ``keep`` copies are kept."""
+        out = Path(directory) if directory else self.path.parent / "backups"
+        out.mkdir(parents=True, exist_ok=True)
+        dest = out / f"{self.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}.sqlite"
+        target = sqlite3.connect(dest)
+        with target:
+            self.conn.backup(target)
+        target.close()
+        for old in sorted(out.glob(f"{self.path.stem}-*.sqlite"))[:-keep]:
+            old.unlink()
+        return dest
 
     def export(self, out_dir: Path | str) -> list[Path]:
         """``results.csv`` and ``results.parquet`` (plus ``history.csv``) in ``out_dir``."""
@@ -110,3 +198,61 @@ class ResultStore:
         df.to_parquet(out / "results.parquet", index=False)
         hist.to_csv(out / "history.csv", index=False)
         return [out / "results.csv", out / "results.parquet", out / "history.csv"]
+
+
+def result_files(roots: Iterable[Path | str]) -> list[Path]:
+    """Every ``result.json`` under ``roots`` (absolute paths, sorted)."""
+    return sorted(p.absolute() for root in roots if Path(root).exists() for p in Path(root).rglob("result.json"))
+
+
+def read_row(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The row in ``path``, or (None, why it is not one)."""
+    try:
+        row = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except json.JSONDecodeError as err:
+        return None, f"not JSON (truncated or damaged: {err.msg} at character {err.pos})"
+    except OSError as err:
+        return None, f"unreadable ({err.strerror})"
+    if not isinstance(row, dict):
+        return None, f"a JSON {type(row).__name__}, not a result row"
+    missing = [k for k in ("run_id", "config_hash", "status") if not row.get(k)]
+    if missing:
+        return None, f"not a result row (no {', '.join(missing)})"
+    return row, ""
+
+
+def rebuild_store(path: Path | str, roots: Iterable[Path | str]) -> tuple[Collected, Path | None]:
+    """Recreate the store at ``path`` from every ``result.json`` under ``roots``, oldest first (so the
+    rule of which row is current replays as it happened). An existing file is kept beside it as
+    ``<name>.replaced-<time>``; returns what was collected and where the old file went."""
+    path = Path(path).absolute()
+    rows = []
+    done = Collected()
+    for file in result_files(roots):
+        row, reason = read_row(file)
+        if row is None:
+            done.skipped.append((str(file), reason))
+        else:
+            rows.append((str(row.get("created_at") or ""), str(file), row))
+    tmp = path.with_name(path.name + ".rebuild")
+    for stale in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        stale.unlink(missing_ok=True)
+    with ResultStore(tmp) as store:
+        for _, file, row in sorted(rows, key=lambda r: (r[0], r[1])):
+            if store.add(row, file):
+                done.added += 1
+            else:
+                done.seen += 1
+    old = None
+    if path.exists():
+        old = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.replace(old)
+    for side in ("-wal", "-shm"):
+        leftover = Path(f"{path}{side}")
+        if leftover.exists() and old is not None:
+            leftover.replace(f"{old}{side}")
+        leftover.unlink(missing_ok=True)
+    tmp.replace(path)
+    return done, old
