@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.installed
 endif
 
-.PHONY: help setup test test-fast test-gpu lint gpu-validate gpu-check gpu-measure gpu-fast-path sweep report profile collect export wheelhouse clean
+.PHONY: help setup test test-fast test-gpu lint gpu-validate gpu-check gpu-measure gpu-fast-path sweep report profile collect rebuild export wheelhouse clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -57,14 +57,17 @@ wheelhouse:  ## build .whl/: pure-Python wheels for a GPU machine without a pack
 profile: setup  ## per-layer profiler trace and table: make profile ARGS="encoder=proscale input=cityscapes"
 	$(PY) -m bench measure=profile $(ARGS)
 
-sweep: setup  ## run sweep $(SWEEP) (default: default) job by job, resumable, then build the report
-	$(PY) -m bench.sweep $(SWEEP) $(ARGS); status=$$?; $(PY) -m reports; exit $$status
+sweep: setup  ## run sweep $(SWEEP) (default: default) job by job, resumable, then build its report
+	$(PY) -m bench.sweep $(SWEEP) $(ARGS) --report
 
 report: setup  ## build report/ from results/results.sqlite (ARGS="report.accuracy=my.csv")
 	$(PY) -m reports build $(ARGS)
 
 collect: setup  ## add result.json files (results/runs, multirun/, or ARGS="runs=DIR") to the store
 	$(PY) -m reports collect $(ARGS)
+
+rebuild: setup  ## recreate results/results.sqlite from the run directories (ARGS="results=DIR")
+	$(PY) -m reports rebuild $(ARGS)
 
 export: setup  ## results/export/results.{csv,parquet} and history.csv
 	$(PY) -m reports export $(ARGS)

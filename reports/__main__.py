@@ -1,12 +1,16 @@
-"""``python -m reports [collect|export|build] [key=value ...]``: the results store and the report.
+"""``python -m reports [build|collect|export|rebuild] [key=value ...]``: the results store and the report.
 
-- ``build`` (default): the report from ``results/results.sqlite`` into ``report/``.
+- ``build`` (default): the report from ``results/results.sqlite`` (opened read-only) into ``report/``.
 - ``collect``: add every ``result.json`` under ``runs=DIR`` (default ``results/runs`` and ``multirun``).
-- ``export``: ``results.csv``, ``results.parquet`` and ``history.csv`` into ``export=DIR``.
+- ``export``: ``results.csv``, ``results.parquet`` and ``history.csv`` into ``export=DIR`` (read-only store).
+- ``rebuild``: recreate ``results.sqlite`` from every ``result.json`` under the runs (a damaged or
+  replaced store is kept beside it as ``results.sqlite.replaced-<time>``).
 
-Options (``key=value``): ``results=DIR`` (results/), ``report.out=DIR`` (report/),
-``report.accuracy=CSV`` (your accuracy numbers: columns dataset, backbone, variant, value[, metric,
-source]; they override the published ones), ``runs=DIR``, ``export=DIR`` (results/export).
+Options (``key=value``): ``results=DIR`` (results/), ``report.out=DIR`` (report/ for the default results
+directory, DIR/report otherwise), ``report.accuracy=CSV`` (your accuracy numbers: columns dataset,
+backbone, variant, value[, metric, source]; they override the published ones), ``runs=DIR``,
+``export=DIR`` (results/export). Exit status: 0 done, 2 bad input (unknown option, missing or damaged
+store, unreadable accuracy CSV), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,7 +19,13 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS = REPO / "results"
 OPTIONS = ("results", "report.out", "report.accuracy", "runs", "export")
+COMMANDS = ("build", "collect", "export", "rebuild")
+
+
+class UsageError(Exception):
+    """Bad input; the message says what is valid."""
 
 
 def parse(argv: list[str]) -> tuple[str, dict[str, str]]:
@@ -24,37 +34,81 @@ def parse(argv: list[str]) -> tuple[str, dict[str, str]]:
         if "=" in arg:
             key, value = arg.split("=", 1)
             if key not in OPTIONS:
-                raise SystemExit(f"unknown option {key!r}; valid options: {', '.join(OPTIONS)}")
+                raise UsageError(f"unknown option {key!r}; valid options: {', '.join(OPTIONS)}")
             opts[key] = value
-        elif arg in ("build", "collect", "export"):
+        elif arg in COMMANDS:
             command = arg
         else:
-            raise SystemExit(f"unknown command {arg!r}; valid commands: build, collect, export\n\n{__doc__}")
+            raise UsageError(f"unknown command {arg!r}; valid commands: {', '.join(COMMANDS)}\n\n{__doc__}")
     return command, opts
 
 
-def main(argv: list[str] | None = None) -> int:
-    from bench.store import ResultStore
-    from reports.build import build_report
+def report_dir(results: Path) -> Path:
+    """Where the report goes by default: ``report/`` for the default results directory, else beside it."""
+    return REPO / "report" if results == DEFAULT_RESULTS else results / "report"
 
-    command, opts = parse(sys.argv[1:] if argv is None else argv)
-    results = Path(opts.get("results", REPO / "results"))
-    with ResultStore(results / "results.sqlite") as store:
-        if command == "collect":
-            roots = [Path(opts["runs"])] if "runs" in opts else [results / "runs", REPO / "multirun"]
-            added, seen = store.collect([r for r in roots if r.exists()])
-            print(f"collected {added} new rows ({seen} already in the store) into {store.path}")
-            return 0
+
+def run(command: str, opts: dict[str, str]) -> int:
+    from bench.store import ResultStore, rebuild_store
+
+    results = Path(opts.get("results", DEFAULT_RESULTS)).absolute()
+    path = results / "results.sqlite"
+    roots = [Path(opts["runs"])] if "runs" in opts else [results / "runs", REPO / "multirun"]
+    if command == "rebuild":
+        done, old = rebuild_store(path, roots)
+        print(f"rebuilt {path}: {done.added} rows from the run directories"
+              + (f"; the previous file is kept as {old}" if old else ""))
+        _print_skipped(done.skipped)
+        return 0
+    if command == "collect":
+        with ResultStore(path) as store:
+            done = store.collect([r for r in roots if r.exists()])
+        print(f"collected {done.added} new rows ({done.seen} already in the store) into {path}")
+        _print_skipped(done.skipped)
+        return 0
+    with ResultStore(path, readonly=True) as store:
         if command == "export":
-            paths = store.export(opts.get("export", results / "export"))
+            target = Path(opts.get("export", results / "export"))
+            try:
+                paths = store.export(target)
+            except PermissionError:
+                raise UsageError(f"cannot write {target}; name a writable folder with export=DIR") from None
             print("wrote " + ", ".join(map(str, paths)))
             return 0
         rows = store.frame()
-    out = Path(opts.get("report.out", REPO / "report"))
-    summary = build_report(rows, out, opts.get("report.accuracy"))
+    return build(rows, Path(opts.get("report.out", report_dir(results))), opts.get("report.accuracy"))
+
+
+def build(rows, out: Path, accuracy: str | None) -> int:
+    from reports.build import build_report
+
+    try:
+        summary = build_report(rows, out, accuracy)
+    except PermissionError:
+        raise UsageError(f"cannot write the report into {out}; name a writable folder with report.out=DIR") from None
     print(f"report: {out / 'index.html'} ({summary['ok']} measured rows of {summary['rows']}, "
           f"{len(summary['figures'])} figures, {len(summary['tables'])} tables)")
     return 0
+
+
+def _print_skipped(skipped: list[tuple[str, str]]) -> None:
+    for file, reason in skipped:
+        print(f"warning: skipped {file}: {reason}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.store import StoreError
+    from reports.tables import AccuracyError
+
+    try:
+        command, opts = parse(sys.argv[1:] if argv is None else argv)
+        return run(command, opts)
+    except (UsageError, StoreError, AccuracyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; every row written so far is complete (run the command again)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

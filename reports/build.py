@@ -26,6 +26,8 @@ from reports.render import Section, write_report
 from reports.tables import (
     GROUP,
     SETTING,
+    code_note,
+    code_version,
     fast_path_table,
     load_accuracy,
     main_table,
@@ -50,6 +52,10 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
         write_report(out, [], ["No successful measurements in the store."], failed)
         return summary
     notes = []
+    if df["stale"].any():
+        notes.append(f"{int(df['stale'].sum())} of {len(df)} rows were measured by other code than the current "
+                     f"({code_version()}); the table marks them '(stale)'. A sweep re-measures them unless "
+                     "--keep-stale.")
     if df["latency_ms_p50"].isna().all():
         notes.append("No latency or energy was measured (no GPU): this report shows FLOPs, parameters and memory; "
                      "FPS and energy plots are omitted.")
@@ -89,7 +95,7 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
             summary["tables"].append(name)
         files = [f for f in files if f]
         summary["figures"] += files
-        sections.append(Section(title, files, tables))
+        sections.append(Section(title, files, tables, [code_note(g, code_version())]))
     fast = fast_path_section(df, figs, tabs)
     if fast:
         sections.append(fast)

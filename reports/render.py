@@ -4,6 +4,7 @@ every value escaped, figures embedded)."""
 from __future__ import annotations
 
 import base64
+import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,11 +38,13 @@ class Section:
     title: str
     figures: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def markdown_table(table: Table) -> str:
-    """A pipe table; ``|`` inside a cell is escaped so it cannot shift the columns."""
-    shown = table.shown.apply(lambda col: col.map(lambda v: str(v).replace("|", "\\|")))
+    """A pipe table; ``|`` inside a cell is escaped so it cannot shift the columns, and HTML is shown as
+    text (a markdown renderer would otherwise run it)."""
+    shown = table.shown.apply(lambda col: col.map(lambda v: html.escape(str(v), quote=False).replace("|", "\\|")))
     md = shown.to_markdown(index=False)
     return f"{table.note}\n\n{md}" if table.note else md
 
@@ -57,9 +60,10 @@ def write_report(out: Path, sections: list[Section], notes: list[str], failed: p
 
 def render_markdown(sections: list[Section], notes: list[str]) -> str:
     lines = ["# encbench report", "", INTRO, ""]
-    lines += [f"> {n}" for n in notes]
+    lines += [f"> {html.escape(n, quote=False)}" for n in notes]
     for s in sections:
         lines += ["", f"## {s.title}", ""]
+        lines += [f"> {html.escape(n, quote=False)}" for n in s.notes] + ([""] if s.notes else [])
         lines += [f"![{f}](figures/{f})" for f in s.figures]
         for t in s.tables:
             lines += ["", markdown_table(t)]

@@ -23,14 +23,47 @@ def load_accuracy(path: Path | str | None = None) -> pd.DataFrame:
     """The published numbers, overridden row by row by a user CSV with the same key columns."""
     acc = pd.read_csv(ACCURACY, dtype={"variant": str})
     if path:
-        user = pd.read_csv(path, dtype={"variant": str})
-        missing = {"dataset", "backbone", "variant", "value"} - set(user.columns)
-        if missing:
-            raise ValueError(f"accuracy CSV {path} lacks columns {sorted(missing)}; needs dataset, backbone, "
-                             "variant, value (metric, source optional)")
+        user = read_user_accuracy(Path(path))
         user = user.assign(metric=user.get("metric", "PQ"), source=user.get("source", str(path)))
         acc = pd.concat([user, acc]).drop_duplicates(["dataset", "backbone", "variant"], keep="first")
     return acc
+
+
+class AccuracyError(ValueError):
+    """A user's accuracy CSV that cannot be used; the message names the file and what it needs."""
+
+
+def read_user_accuracy(path: Path) -> pd.DataFrame:
+    """A user's accuracy CSV; any problem is an ``AccuracyError``."""
+    need = "columns dataset, backbone, variant, value (metric, source optional)"
+    try:
+        user = pd.read_csv(path, dtype={"variant": str})
+    except FileNotFoundError:
+        raise AccuracyError(f"accuracy CSV {path} does not exist") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise AccuracyError(f"accuracy CSV {path} cannot be read ({type(err).__name__}: {err}); it needs {need}"
+                         ) from None
+    missing = {"dataset", "backbone", "variant", "value"} - set(user.columns)
+    if missing:
+        raise AccuracyError(f"accuracy CSV {path} lacks columns {sorted(missing)}; needs {need}")
+    values = pd.to_numeric(user["value"], errors="coerce")
+    bad = user.loc[values.isna(), "value"]
+    if len(bad):
+        raise AccuracyError(f"accuracy CSV {path}: column value must be numeric; line(s) "
+                         f"{', '.join(str(i + 2) for i in bad.index[:5])} hold {list(bad.astype(str)[:5])}")
+    return user.assign(value=values)
+
+
+def code_note(g: pd.DataFrame, current: str | None) -> str:
+    """Which code measured a group: its commit(s) and fingerprint(s), with a warning when they differ."""
+    fps = sorted(g["code_fingerprint"].fillna("unknown").astype(str).unique())
+    commits = sorted(g["git_commit"].fillna("unknown").astype(str).unique())
+    where = f"commit {', '.join(commits)}"
+    if len(fps) > 1:
+        return (f"Warning: this group mixes rows measured by {len(fps)} code versions (fingerprints "
+                f"{', '.join(fps)}; {where}); a front here compares numbers from different code.")
+    stale = "" if current is None or fps[0] == current else " (not the current code: stale rows, kept)"
+    return f"Measured by code {fps[0]}{stale}, {where}."
 
 
 def prepare(rows: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
@@ -47,9 +80,18 @@ def prepare(rows: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
     # the pixel decoder's time: timed alone (every mode) where measured, else the eager stage time
     df["pd_latency_ms"] = df["latency_ms_pixel_decoder_alone_p50"].fillna(df["latency_ms_pixel_decoder_p50"])
     df["force_fp32"] = df["force_fp32"].fillna(True).astype(bool)
+    current = code_version()
+    df["stale"] = df["code_fingerprint"] != current
+    df["code"] = df["code_fingerprint"].fillna("unknown").astype(str) + np.where(df["stale"], " (stale)", "")
     acc = accuracy.rename(columns={"value": "accuracy_reported", "metric": "accuracy_metric",
                                   "source": "accuracy_source", "note": "accuracy_note"})
     return df.merge(acc, how="left", on=["dataset", "backbone", "variant"])
+
+
+def code_version() -> str:
+    from bench.fingerprint import code_fingerprint
+
+    return code_fingerprint()
 
 
 def speed_conversion(g: pd.DataFrame, lat: str = "pd_latency_ms", macs: str = "gmacs_pixel_decoder"
@@ -108,7 +150,7 @@ MAIN_COLUMNS = {
     "roofline_frac_pixel_decoder": "pixdec roofline frac", "err_mask_features_rel": "mask-feature rel. err",
     "mem_peak_alloc_mb": "peak mem (MB)", "energy_j_per_img_net": "J/img net", "energy_j_per_img_gross": "J/img gross",
     "hardware": "hardware", "precision": "precision", "mode": "mode", "msda_backend": "msda backend",
-    "accuracy_source": "accuracy source",
+    "accuracy_source": "accuracy source", "code": "code",
 }
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from bench.store import ResultStore
-from bench.sweep import expand, plan, run_sweep
+from bench.sweep import SweepError, expand, plan, run_sweep
 from reports.build import build_report
 
 TINY_SWEEP = """
@@ -48,11 +48,9 @@ def test_expand_uses_hydras_sweep_syntax():
 
 
 def test_plan_fails_fast_on_bad_overrides(tiny_sweep):
-    from hydra.errors import HydraException
-
-    with pytest.raises(HydraException):
+    with pytest.raises(SweepError, match="Available options in 'backbone'"):
         plan(tiny_sweep, ["backbone=vit"])
-    with pytest.raises(SystemExit, match="valid sweeps: .*default"):
+    with pytest.raises(SweepError, match="valid sweeps: .*default"):
         plan("no_such_sweep", [])
 
 
@@ -98,17 +96,23 @@ def test_sweep_end_to_end_resume_and_report(tiny_sweep, tmp_path):
 
 
 def test_a_job_that_raises_is_failed_and_the_others_complete(tiny_sweep, tmp_path):
-    # timing.max_iters=0 makes the latency job raise ("no timing samples") for every config: use one config
+    # a FLOP cache that is a file, not a folder: every FLOP count raises at run time
     results = tmp_path / "results"
-    failed = run_sweep(tiny_sweep, ["encoder=m2f,rt_m2f", "measure=latency", "timing.max_iters=0",
-                                    "timing.warmup_max_seconds=0.01", "timing.stage_iters=1"], results)
+    results.mkdir()
+    (results / "flops_cache").write_text("not a folder")
+    failed = run_sweep(tiny_sweep, ["encoder=m2f,rt_m2f"], results)
     assert failed == 2
-    ok = run_sweep(tiny_sweep, ["encoder=m2f"], results)
-    assert ok == 0
-    # an invalid option (cudagraph needs CUDA) is an invalid row too, and the sweep goes on
-    assert run_sweep(tiny_sweep, ["encoder=m2f,rt_m2f", "mode=cudagraph", "device=cpu"], results) == 2
+    (results / "flops_cache").unlink()
+    assert run_sweep(tiny_sweep, ["encoder=m2f"], results) == 0
     with ResultStore(results / "results.sqlite") as store:
         statuses = sorted(r["status"] for r in store.rows())
-        errors = [r["error"] for r in store.rows() if r["status"] == "failed"]
-    assert statuses == ["failed", "failed", "invalid", "invalid", "ok"]
-    assert all("no timing samples" in e for e in errors)
+        errors = [r["error"] for r in store.rows("history") if r["status"] == "failed"]
+    assert statuses == ["failed", "ok"] and len(errors) == 2  # the ok re-run replaced m2f's failed row
+    assert all("FileExistsError" in e for e in errors), errors
+
+
+def test_invalid_settings_stop_the_sweep_before_any_job_runs(tiny_sweep, tmp_path):
+    results = tmp_path / "results"
+    with pytest.raises(SweepError, match=r"mode=cudagraph needs device=cuda") as err:
+        run_sweep(tiny_sweep, ["encoder=m2f,rt_m2f", "mode=cudagraph", "device=cpu"], results)
+    assert err.value.code == 2 and not (results / "runs").exists()
