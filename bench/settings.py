@@ -30,6 +30,10 @@ class InvalidConfig(ValueError):
     """A bad override: the message names the valid choices."""
 
 
+class NeedsOtherHardware(InvalidConfig):
+    """A valid setting this machine cannot run (CUDA-only options without a GPU)."""
+
+
 def choice(key: str, value: Any, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise InvalidConfig(f"{key}={value!r} is not valid; valid choices: {', '.join(valid)}")
@@ -60,7 +64,7 @@ def resolve_device(value: str) -> torch.device:
     if value == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if value == "cuda" and not torch.cuda.is_available():
-        raise InvalidConfig("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+        raise NeedsOtherHardware("device=cuda but no CUDA device is available; use device=cpu or device=auto")
     return torch.device(value)
 
 
@@ -161,7 +165,7 @@ class JobSettings:
                        flops=_group(FlopSettings, "flops", cfg.get("flops")),
                        profile=_group(ProfileSettings, "profile", cfg.get("profile")), seed=seed)
         if settings.mode == "cudagraph" and device.type != "cuda":
-            raise InvalidConfig("mode=cudagraph needs device=cuda (CUDA-graph replay)")
+            raise NeedsOtherHardware("mode=cudagraph needs device=cuda (CUDA-graph replay)")
         if "energy" in settings.measures and device.type != "cuda" and cfg.get("measure") != "all":
             log.warning("measure=energy on %s: energy columns will be NaN", device)
         return settings
@@ -173,8 +177,10 @@ def _msda_backend(name: str, device: torch.device) -> str:
 
     try:
         return resolve_msda_backend(str(name), device)
-    except (KeyError, RuntimeError) as err:
-        raise InvalidConfig(str(err)) from err
+    except KeyError as err:
+        raise InvalidConfig(str(err.args[0]) if err.args else str(err)) from err
+    except RuntimeError as err:
+        raise NeedsOtherHardware(str(err)) from err
 
 
 def _timing(value: Any) -> TimingConfig:

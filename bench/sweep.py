@@ -83,9 +83,22 @@ def load_sweep(name: str) -> tuple[list[str], dict[str, str]]:
     if not path.exists():
         raise SweepError(f"unknown sweep {name!r}; valid sweeps: {', '.join(sweep_names())}")
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    check_fixed_keys(path, raw)
     params = {str(k): str(v) for k, v in (((raw.get("hydra") or {}).get("sweeper") or {}).get("params") or {}).items()}
     fixed = [f"{k}={_value(v)}" for k, v in _flatten({k: v for k, v in raw.items() if k not in ("defaults", "hydra")})]
     return fixed, params
+
+
+def check_fixed_keys(path: Path, raw: dict) -> None:
+    """A group choice (``backbone: r50``) or a dotted key (``input.height: 512``) among a sweep file's fixed
+    keys would be read as a plain value by Hydra's launchers: they belong under ``hydra.sweeper.params``."""
+    from bench.config import CONF_DIR
+
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    bad = [k for k, v in raw.items() if (k in groups and not isinstance(v, dict)) or "." in str(k)]
+    if bad:
+        raise SweepError(f"{path}: {', '.join(bad)} must go under hydra.sweeper.params (a single value is fine), "
+                         "so that Hydra's launchers read them as overrides too")
 
 
 def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
@@ -179,15 +192,17 @@ def make_job(overrides: list[str]) -> Job:
     return Job(overrides, cfg, chash, label)
 
 
-def validate(jobs: list[Job]) -> list[str]:
-    """Every job's measurement settings and model build (on the meta device: no memory, no time);
-    the distinct reasons, each with one job that has it."""
+def validate(jobs: list[Job]) -> tuple[list[str], dict[str, list[Job]]]:
+    """Every job's measurement settings and model build (on the meta device: no memory, no time).
+    Returns the distinct invalid settings (each with one job that has it) and, by reason, the jobs that
+    are valid but need other hardware than this machine's (CUDA-only options without a GPU)."""
     import torch
 
-    from bench.settings import InvalidConfig, JobSettings
+    from bench.settings import InvalidConfig, JobSettings, NeedsOtherHardware
     from models import build_model
 
     reasons: dict[str, str] = {}
+    elsewhere: dict[str, list[Job]] = {}
     built: set[str] = set()
     for job in jobs:
         try:
@@ -198,9 +213,12 @@ def validate(jobs: list[Job]) -> list[str]:
                 with torch.device("meta"):
                     build_model({**job.config, "msda_backend": "pytorch"})
                 built.add(model_key)
+        except NeedsOtherHardware as err:
+            elsewhere.setdefault(str(err), []).append(job)
         except (InvalidConfig, ValueError, KeyError, TypeError) as err:
-            reasons.setdefault(str(err).strip("'\""), job.label)
-    return [f"{reason}  (e.g. {label})" for reason, label in reasons.items()]
+            text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+            reasons.setdefault(text, job.label)
+    return [f"{reason}  (e.g. {label})" for reason, label in reasons.items()], elsewhere
 
 
 def crash_row(job: Job, error: str) -> dict[str, Any]:
@@ -332,11 +350,18 @@ def planned(name: str, extra: list[str]) -> list[Job]:
     jobs = plan(name, extra)
     if not jobs:
         raise SweepError(f"sweep {name}: the grid has no configurations")
-    problems = validate(jobs)
+    problems, elsewhere = validate(jobs)
     if problems:
         raise SweepError(f"sweep {name}: {len(problems)} invalid setting(s), nothing was run:\n  "
                          + "\n  ".join(problems))
-    return jobs
+    skipped = {j.config_hash for group in elsewhere.values() for j in group}
+    for reason, group in elsewhere.items():
+        print(f"sweep {name}: skipping {len(group)} configuration(s) this machine cannot run: {reason}",
+              file=sys.stderr)
+    runnable = [j for j in jobs if j.config_hash not in skipped]
+    if not runnable:
+        raise SweepError(f"sweep {name}: none of its {len(jobs)} configurations can run on this machine")
+    return runnable
 
 
 def run_sweep(name: str, extra: list[str], results: Path, force: bool = False, dry_run: bool = False,

@@ -15,14 +15,14 @@ defaults:
   - _self_
 sweep: tiny
 measure: flops
-backbone: r50
-input: ade20k
-input.height: 64
-input.width: 64
 hydra:
   mode: MULTIRUN
   sweeper:
     params:
+      backbone: r50
+      input: ade20k
+      input.height: 64
+      input.width: 64
       encoder: m2f,proscale_111,rt_m2f
 """
 
@@ -113,6 +113,16 @@ def test_a_job_that_raises_is_failed_and_the_others_complete(tiny_sweep, tmp_pat
 
 def test_invalid_settings_stop_the_sweep_before_any_job_runs(tiny_sweep, tmp_path):
     results = tmp_path / "results"
-    with pytest.raises(SweepError, match=r"mode=cudagraph needs device=cuda") as err:
-        run_sweep(tiny_sweep, ["encoder=m2f,rt_m2f", "mode=cudagraph", "device=cpu"], results)
+    with pytest.raises(SweepError, match=r"precision='fp8' is not valid; valid choices: fp32, tf32, bf16") as err:
+        run_sweep(tiny_sweep, ["encoder=m2f,rt_m2f", "precision=fp8"], results)
     assert err.value.code == 2 and not (results / "runs").exists()
+
+
+def test_configurations_that_need_a_gpu_are_skipped_on_cpu_and_the_rest_run(tiny_sweep, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert run_sweep(tiny_sweep, ["encoder=m2f", "mode=eager,cudagraph", "device=cpu"], results, dry_run=True) == 0
+    captured = capsys.readouterr()
+    assert "skipping 1 configuration(s) this machine cannot run: mode=cudagraph needs device=cuda" in captured.err
+    assert len(captured.out.splitlines()) == 1 and "eager" in captured.out
+    with pytest.raises(SweepError, match="none of its 1 configurations can run on this machine"):
+        run_sweep(tiny_sweep, ["encoder=m2f", "mode=cudagraph", "device=cpu"], results)

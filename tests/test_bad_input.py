@@ -1,0 +1,165 @@
+"""The bad-input matrix: every bad input to the sweep runner, the job and the reports gets a clear error that
+names what is valid, exit status 2, and nothing is run or written (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.sweep import REPO
+from bench.sweep import main as sweep_main
+from reports.__main__ import main as reports_main
+
+TINY = """
+defaults:
+  - config
+  - _self_
+sweep: tiny
+measure: flops
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    params:
+      backbone: r50
+      input: ade20k
+      input.height: 64
+      input.width: 64
+      encoder: m2f,rt_m2f
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return str(path)
+
+
+SWEEP_CASES = [
+    # (extra arguments, what the message must say)
+    (["precision=fp8"], "precision='fp8' is not valid; valid choices: fp32, tf32, bf16"),
+    (["input.height=abc"], "input.height must be a positive integer, got 'abc'"),
+    (["input.batch=0"], "input.batch must be a positive integer, got 0"),
+    (["backbone=vit"], "Available options in 'backbone'"),
+    (["encoder=proscale", "encoder.trc=bogus"], "encoder.trc='bogus' must be one of 'faithful', 'fixed', 'off'"),
+    (["encoder=rt_m2f", "encoder.expansion=abc"], "encoder.expansion='abc' must be float"),
+    (["encoder=m2f", "encoder.num_layers=abc"], "encoder.num_layers='abc' must be int"),
+    (["encoder=m2f", "encoder.ffn_dim=0"], "encoder.ffn_dim=0 must be >= 1"),
+    (["encoder=m2f", "encoder.n_heads=7"], "d_model (256) must be divisible by n_heads (7)"),
+    (["seed=abc"], "seed='abc' must be int"),
+    (["timing.min_iters=-5"], "timing.min_iters=-5 must be >= 1"),
+    (["timing.e2e=maybe"], "timing.e2e='maybe' must be bool"),
+    (["energy.sample_period=0"], "energy.sample_period=0 must be >= 0.001"),
+    (["measure=speed"], "measure='speed' is not valid; valid choices: flops, latency"),
+    (["encoder.n_layers=3"], "unknown key 'encoder.n_layers'; valid keys of encoder (m2f): d_model, dropout"),
+    (["timing.warmup=3"], "unknown key 'timing.warmup'; valid keys of timing: bootstrap, busy_iters"),
+    (["msda_backend=cuda_ext"], "unknown msda_backend 'cuda_ext'; valid choices: pytorch, triton"),
+    (["encoder.layers=[1,2"], "bad override"),
+    (["--max-jobs", "0"], "argument --max-jobs: must be > 0, got 0"),
+    (["--max-jobs", "-1"], "argument --max-jobs: must be > 0, got -1"),
+    (["--timeout", "0"], "argument --timeout: must be > 0, got 0"),
+    (["--timeout", "-1"], "argument --timeout: must be > 0, got -1"),
+    (["--timeout", "soon"], "argument --timeout: 'soon' is not a number"),
+]
+
+
+@pytest.mark.parametrize("extra,message", SWEEP_CASES, ids=[" ".join(c[0]) for c in SWEEP_CASES])
+def test_bad_sweep_input_is_refused_before_anything_runs(tiny, tmp_path, capsys, extra, message):
+    results = tmp_path / "results"
+    try:
+        code = sweep_main([tiny, "--results", str(results), *extra])
+    except SystemExit as err:  # argparse's own errors
+        code = err.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err and not results.exists()
+
+
+def test_an_unknown_sweep_lists_the_valid_ones(capsys, tmp_path):
+    assert sweep_main(["no_such_sweep", "--results", str(tmp_path / "r")]) == 2
+    assert "valid sweeps: batch, default" in capsys.readouterr().err
+
+
+def test_a_group_choice_among_fixed_keys_is_refused_with_where_it_belongs(tmp_path, capsys):
+    path = tmp_path / "old.yaml"
+    path.write_text(TINY.replace("measure: flops", "measure: flops\nbackbone: r50"))
+    assert sweep_main([str(path), "--results", str(tmp_path / "r")]) == 2
+    assert "backbone must go under hydra.sweeper.params" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_options(tiny, tmp_path, capsys):
+    assert sweep_main([tiny, "--dry-run", "encoder=m2f", "--results", str(tmp_path / "r")]) == 0
+    assert capsys.readouterr().out.count("\n") == 1
+
+
+REPORT_CASES = [
+    (["results={tmp}/typo"], "no results store at {tmp}/typo/results.sqlite"),
+    (["frobnicate"], "unknown command 'frobnicate'; valid commands: build, collect, export, rebuild"),
+    (["report.acc=x"], "unknown option 'report.acc'; valid options: results, report.out"),
+]
+
+
+@pytest.mark.parametrize("args,message", REPORT_CASES, ids=[c[0][0] for c in REPORT_CASES])
+def test_bad_report_input_is_refused(tmp_path, capsys, args, message):
+    assert reports_main([a.format(tmp=tmp_path) for a in args]) == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()  # never creates an empty store
+
+
+def store_with_one_row(tmp_path: Path) -> Path:
+    from bench.store import ResultStore
+
+    results = tmp_path / "results"
+    with ResultStore(results / "results.sqlite") as store:
+        store.add({"run_id": "1", "config_hash": "a", "status": "ok", "created_at": "1", "variant": "m2f",
+                   "encoder": "m2f", "backbone": "r50", "dataset": "ade20k", "height": 64, "width": 64, "batch": 1,
+                   "device": "cpu", "cpu_name": "cpu", "precision": "fp32", "mode": "eager", "gmacs_total": 1.0})
+    return results
+
+
+ACCURACY_CASES = [
+    ("", "cannot be read"),
+    ("dataset,backbone,variant,value\nade20k,r50,m2f,high\n", "column value must be numeric; line(s) 2 hold ['high']"),
+    ("dataset,variant,value\nade20k,m2f,47\n", "lacks columns ['backbone']"),
+    (None, "does not exist"),
+]
+
+
+@pytest.mark.parametrize("content,message", ACCURACY_CASES, ids=["empty", "non-numeric", "missing-column", "absent"])
+def test_a_bad_accuracy_csv_names_the_file(tmp_path, capsys, content, message):
+    results = store_with_one_row(tmp_path)
+    csv = tmp_path / "acc.csv"
+    if content is not None:
+        csv.write_text(content)
+    assert reports_main(["build", f"results={results}", f"report.accuracy={csv}"]) == 2
+    err = capsys.readouterr().err
+    assert str(csv) in err and message in err, err
+
+
+def test_user_strings_are_escaped_in_markdown_and_html(tmp_path):
+    results = store_with_one_row(tmp_path)
+    csv = tmp_path / "acc.csv"
+    csv.write_text('dataset,backbone,variant,value,source\nade20k,r50,m2f,47.0,"a | b <script>alert(1)</script>"\n')
+    out = tmp_path / "rep"
+    assert reports_main(["build", f"results={results}", f"report.accuracy={csv}", f"report.out={out}"]) == 0
+    md, html = (out / "report.md").read_text(), (out / "index.html").read_text()
+    assert "<script>" not in md and "&lt;script&gt;" in md and "a \\| b" in md
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    table = [line for line in md.splitlines() if line.startswith("| m2f")]
+    assert table and all(line.count(" | ") == table[0].count(" | ") for line in table)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override,message", [
+    ("encoder.n_layers=3", "unknown key 'encoder.n_layers'; valid keys of encoder (m2f)"),
+    ("timing.min_iters=-5", "timing.min_iters=-5 must be >= 1"),
+])
+def test_a_single_job_exits_2_and_says_why(tmp_path, override, message):
+    done = subprocess.run([sys.executable, "-m", "bench", "backbone=r50", "input.height=64", "input.width=64",
+                           f"out_dir={tmp_path}", override], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
