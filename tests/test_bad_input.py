@@ -163,3 +163,15 @@ def test_a_single_job_exits_2_and_says_why(tmp_path, override, message):
                            f"out_dir={tmp_path}", override], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+
+
+def test_ctrl_c_in_a_report_is_a_one_line_message(tmp_path, capsys, monkeypatch):
+    import reports.build
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reports.build, "build_report", interrupted)
+    assert reports_main(["build", f"results={store_with_one_row(tmp_path)}", f"report.out={tmp_path / 'r'}"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err

@@ -187,6 +187,38 @@ time.sleep(60)
     lock.release()
 
 
+def test_timed_jobs_never_share_a_gpu(tmp_path, monkeypatch):
+    """The job's GPU lock is machine-wide (any results directory): a second timed job waits, then fails
+    untimed, naming the holder. CUDA is faked: only the lock is under test."""
+    import torch
+
+    import bench.job as job
+
+    monkeypatch.setenv("ENCBENCH_LOCK_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"uuid": "GPU-test"})())
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "Test GPU")
+    monkeypatch.setattr(job, "GPU_WAIT_S", 0.5)
+    monkeypatch.setattr(job, "_held", [])
+    holder = subprocess.Popen([sys.executable, "-c", """
+import time
+from bench.locks import FileLock, gpu_lock_path
+FileLock(gpu_lock_path("GPU-test"), "x").acquire()
+print("held", flush=True)
+time.sleep(60)
+"""], cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "ENCBENCH_LOCK_DIR": str(tmp_path)})
+    assert holder.stdout.readline().strip() == "held"
+    job.hold_gpu(torch.device("cpu"), ("latency",))  # CPU jobs never take it
+    job.hold_gpu(torch.device("cuda"), ("flops",))  # nor untimed measures
+    assert job._held == []
+    with pytest.raises(RuntimeError, match=f"timed jobs never share a GPU: GPU Test GPU .* PID {holder.pid}"):
+        job.hold_gpu(torch.device("cuda"), ("latency",))
+    holder.kill()
+    holder.wait()
+    job.hold_gpu(torch.device("cuda"), ("energy",))
+    assert len(job._held) == 1
+    job._held[0].release()
+
+
 # ------------------------------------------------------------------ code changes
 def test_rows_from_other_code_are_remeasured_unless_kept_and_the_report_marks_them(tmp_path, capsys):
     from reports.__main__ import main as reports_main
@@ -205,7 +237,10 @@ def test_rows_from_other_code_are_remeasured_unless_kept_and_the_report_marks_th
     md = (results / "report" / "report.md").read_text()
     assert "0123456789abcdef (stale)" in md and "measured by other code than the current" in md
     assert run_sweep(sweep, [], results) == 0  # the default: re-measure
-    assert "re-measured" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "re-measured" in err and "backup: " in err
+    (backup,) = (results / "backups").glob("results-*.sqlite")  # taken before the sweep wrote
+    assert [r["run_id"] for r in ResultStore(backup, readonly=True).rows("history")] == ["old1"]
     rows = stored(results, "results")
     assert len(rows) == 1 and rows[0]["code_fingerprint"] != "0123456789abcdef"
     assert run_sweep(sweep, [], results) == 0
@@ -341,12 +376,13 @@ def test_relative_results_with_odd_characters_from_another_directory(tmp_path):
     sweep = write_sweep(tmp_path)
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    done = subprocess.run([sys.executable, "-m", "bench.sweep", sweep, "--results", "r,e's"], cwd=cwd,
+    done = subprocess.run([sys.executable, "-m", "bench.sweep", sweep, "--results", "r,e's", "--report"], cwd=cwd,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     results = cwd / "r,e's"
     (row,) = stored(results)
     assert row["status"] == "ok" and not (REPO / "r,e's").exists()
+    assert (results / "report" / "index.html").exists()  # the report of this results directory
     # a forced re-run keeps the first attempt: every history source still exists
     assert sweep_main([sweep, "--results", str(results), "--force"]) == 0
     with ResultStore(results / "results.sqlite", readonly=True) as store:

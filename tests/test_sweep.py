@@ -54,10 +54,12 @@ def test_plan_fails_fast_on_bad_overrides(tiny_sweep):
         plan("no_such_sweep", [])
 
 
-def test_sweep_end_to_end_resume_and_report(tiny_sweep, tmp_path):
+def test_sweep_end_to_end_resume_and_report(tiny_sweep, tmp_path, capsys):
     results = tmp_path / "results"
-    # interrupted after one job (as a crash would leave it) ...
+    # stopped after one job ...
     assert run_sweep(tiny_sweep, [], results, max_jobs=1) == 0
+    err = capsys.readouterr().err
+    assert "all 1 jobs run were ok" in err and "stopped by --max-jobs with 2 left" in err
     with ResultStore(results / "results.sqlite") as store:
         assert len(store.rows()) == 1
     # ... and re-run: the two missing configurations run, the first is not repeated
