@@ -71,7 +71,7 @@ def resolve_device(value: str) -> torch.device:
 # (low, high) bounds of the numeric knobs, inclusive; None: unbounded on that side
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "timing.min_iters": (1, None), "timing.max_iters": (1, None), "timing.min_seconds": (0, None),
-    "timing.warmup_min_seconds": (0, None), "timing.warmup_max_seconds": (0, None), "timing.warmup_window": (2, None),
+    "timing.warmup_min_seconds": (0, None), "timing.warmup_max_seconds": (0, None), "timing.warmup_window": (1, None),
     "timing.warmup_tolerance": (1e-9, None), "timing.stage_iters": (0, None), "timing.busy_iters": (0, None),
     "timing.bootstrap": (0, None),
     "energy.min_seconds": (1e-3, None), "energy.idle_seconds": (0, None), "energy.cooldown_seconds": (0, None),

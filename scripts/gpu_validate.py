@@ -297,14 +297,14 @@ def run_jobs(v: Validation, named: list[tuple[str, list[str]]], job_s: float) ->
     """Each job in a fresh process, into the store; configurations already measured are not run again."""
     named = [(n, o) for n, o in named if not v.only or n in v.only]
     from bench.store import ResultStore
-    from bench.sweep import make_job, run_one
+    from bench.sweep import attempt_dir, make_job, run_one
 
     results = v.out / "results"
     out: dict[str, Any] = {}
     rows = v.summary.setdefault("rows", {})
     with ResultStore(results / "results.sqlite") as store:
-        for i, (name, overrides) in enumerate(named):
-            job = make_job(i, ["sweep=gpu_validate", *overrides, *timing_overrides(v.smoke)])
+        for name, overrides in named:
+            job = make_job(["sweep=gpu_validate", *overrides, *timing_overrides(v.smoke)])
             if store.status(job.config_hash) == "ok":
                 out[name] = "already measured"
                 rows[name] = brief(store_row(store, job.config_hash))
@@ -313,10 +313,10 @@ def run_jobs(v: Validation, named: list[tuple[str, list[str]]], job_s: float) ->
                 out[name] = f"skipped: deadline ({v.remaining():.0f} s left)"
                 continue
             print(f"  job {name}: {job.label}", file=sys.stderr, flush=True)
-            job_dir = results / "runs" / f"{name}_{job.config_hash}"
-            row = run_one(job, job_dir, results / "flops_cache", timeout=max(v.remaining() - 5, 10))
+            attempt = attempt_dir(results / "runs", job)
+            row = run_one(job, attempt, results / "flops_cache", timeout=max(v.remaining() - 5, 10))
             row["config_hash"] = row.get("config_hash") or job.config_hash
-            store.add(row, str(job_dir / "result.json"))
+            store.add(row, str(attempt / "result.json"))
             out[name] = row.get("status") if row.get("status") == "ok" else f"{row.get('status')}: {row.get('error')}"
             rows[name] = brief(row)
             v.write()
