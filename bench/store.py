@@ -13,6 +13,7 @@ copy; ``readonly=True`` opens without writing anything (a read-only directory wo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -98,7 +99,8 @@ class ResultStore:
 
     def close(self) -> None:
         if not self.readonly:
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            with contextlib.suppress(sqlite3.OperationalError):  # a full disk: rows are committed, the WAL stays
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()
 
     def __enter__(self) -> ResultStore:
@@ -112,6 +114,20 @@ class ResultStore:
         if not row.get("run_id") or not row.get("config_hash"):
             raise ValueError("a result row needs run_id and config_hash")
         blob = to_json(row)
+        try:
+            added = self._insert(row, blob, source)
+        except sqlite3.OperationalError as err:
+            if "full" not in str(err) and "I/O" not in str(err):
+                raise
+            raise StoreError(f"cannot write to the results store {self.path} ({err}); every row stored before is "
+                             f"intact, and this one stays in {source or 'its result.json'}: free space and run "
+                             "again, it is collected first") from err
+        # the main file holds every committed row; on a full disk the row stays committed in the WAL beside it
+        with contextlib.suppress(sqlite3.OperationalError):
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return added
+
+    def _insert(self, row: Mapping[str, Any], blob: str, source: str | None) -> bool:
         with self.conn:  # BEGIN ... COMMIT
             self.conn.execute("BEGIN IMMEDIATE")
             cur = self.conn.execute(
@@ -126,7 +142,6 @@ class ResultStore:
                 self.conn.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
                                   (row["config_hash"], row["run_id"], row.get("status"), row.get("sweep"),
                                    row.get("created_at"), blob))
-        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # the main file holds every committed row
         return True
 
     def status(self, config_hash: str) -> str | None:

@@ -40,7 +40,7 @@ SWEEPS = REPO / "sweeps"
 DEFAULT_RESULTS = REPO / "results"
 LOCK_NAME = ".sweep.lock"
 FAULT_ENV = "ENCBENCH_FAULT_AT"  # tests only: the runner kills itself (SIGKILL) at this named moment
-EXIT_INVALID, EXIT_LOCKED = 2, 3
+EXIT_INVALID, EXIT_LOCKED, EXIT_STORE = 2, 3, 4
 GRACE_S = 5.0  # SIGTERM -> SIGKILL grace for a job's process group
 
 
@@ -509,6 +509,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.store import StoreError
+
     args = parser().parse_intermixed_args(argv)
     if "force=true" in args.overrides:  # the override spelling of --force (make sweep ARGS="force=true")
         args.overrides.remove("force=true")
@@ -521,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.code
+    except StoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_STORE
     except Interrupted as err:
         print(f"\nsweep {args.name}: interrupted ({err}); every finished job is stored and the running one was "
               "stopped; run the same command again to resume", file=sys.stderr)

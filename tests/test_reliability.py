@@ -280,12 +280,14 @@ def fake(run_id: str, h: str, status: str = "ok") -> dict:
 
 
 @pytest.mark.parametrize("content", [b"", b"this is not a database" * 100])
-def test_an_empty_or_corrupt_store_is_an_error_with_the_recovery_command(tmp_path, content):
+def test_an_empty_or_corrupt_store_is_an_error_with_the_recovery_command(tmp_path, content, capsys):
     path = tmp_path / "results.sqlite"
     path.write_bytes(content)
     for readonly in (False, True):
         with pytest.raises(StoreError, match=f"{path}.*python -m reports rebuild results={tmp_path}"):
             ResultStore(path, readonly=readonly)
+    assert sweep_main([write_sweep(tmp_path), "--results", str(tmp_path)]) == 4
+    assert "python -m reports rebuild" in capsys.readouterr().err
     assert path.read_bytes() == content  # never replaced by a new store
 
 
@@ -328,6 +330,43 @@ def test_collect_skips_each_bad_result_file_by_name_and_keeps_the_good_ones(tmp_
     assert set(reasons) == {"empty-object", "list", "latin1", "truncated"}
     assert "no run_id" in reasons["empty-object"] and "JSON list" in reasons["list"]
     assert "UTF-8" in reasons["latin1"] and "truncated" in reasons["truncated"]
+
+
+FILL_THE_DISK = """
+import sys
+from bench.store import ResultStore, StoreError
+path, stored = sys.argv[1], 0
+store = ResultStore(path)
+try:
+    for i in range(10000):
+        store.add({"run_id": str(i), "config_hash": str(i), "status": "ok", "created_at": str(i), "pad": "x" * 4000},
+                  f"runs/{i}/result.json")
+        stored += 1
+except StoreError as err:
+    print(stored, err, sep="\\n")
+store.close()
+"""
+
+
+def test_a_full_disk_keeps_every_committed_row_and_says_where_the_next_one_is(tmp_path):
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and mount namespaces to mount a tiny tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=256k tmpfs '{disk}' && "
+                           f"'{sys.executable}' -c '{FILL_THE_DISK}' '{disk}/results.sqlite' && "
+                           f"cp '{disk}/results.sqlite' '{tmp_path}/copy.sqlite' && "
+                           f"(cp '{disk}/results.sqlite-wal' '{tmp_path}/copy.sqlite-wal' || true)"],
+                          cwd=REPO, capture_output=True, text=True)
+    if "mount" in done.stderr and done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    count, message = done.stdout.split("\n", 1)
+    assert 10 < int(count) < 10000
+    assert "full" in message and f"this one stays in runs/{count}/result.json" in message
+    # a checkpoint cut short by the full disk leaves the newest pages in the WAL: the pair holds every row
+    with ResultStore(tmp_path / "copy.sqlite") as store:
+        assert len(store.rows("history")) == int(count)
 
 
 def readonly_runner(results: Path):
