@@ -1,8 +1,9 @@
-"""Shared fixtures: deterministic seeds, a CPU-sized config composer, the gpu marker."""
+"""Shared fixtures: deterministic seeds, a CPU-sized config composer, tiny sweep files, the gpu marker."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,30 @@ if not torch.cuda.is_available():  # the triton MSDA backend runs in Triton's CP
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench.config import compose  # noqa: E402
+
+TINY_SWEEP = """
+defaults:
+  - config
+  - _self_
+sweep: tiny
+measure: {measure}
+hydra:
+  mode: MULTIRUN
+  sweeper:
+    params:
+      backbone: r50
+      input: ade20k
+      input.height: 64
+      input.width: 64
+      encoder: {encoders}
+"""
+
+
+def write_tiny_sweep(folder: Path, encoders: str = "m2f", measure: str = "memory") -> str:
+    """A sweep file of R50 64x64 jobs (one per encoder) in ``folder``; its path."""
+    path = Path(folder) / "tiny.yaml"
+    path.write_text(TINY_SWEEP.format(encoders=encoders, measure=measure))
+    return str(path)
 
 
 @pytest.fixture(autouse=True)

@@ -13,30 +13,12 @@ import pytest
 from bench.sweep import REPO
 from bench.sweep import main as sweep_main
 from reports.__main__ import main as reports_main
-
-TINY = """
-defaults:
-  - config
-  - _self_
-sweep: tiny
-measure: flops
-hydra:
-  mode: MULTIRUN
-  sweeper:
-    params:
-      backbone: r50
-      input: ade20k
-      input.height: 64
-      input.width: 64
-      encoder: m2f,rt_m2f
-"""
+from tests.conftest import write_tiny_sweep
 
 
 @pytest.fixture
 def tiny(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY)
-    return str(path)
+    return write_tiny_sweep(tmp_path, "m2f,rt_m2f", measure="flops")
 
 
 SWEEP_CASES = [
@@ -86,7 +68,8 @@ def test_an_unknown_sweep_lists_the_valid_ones(capsys, tmp_path):
 
 def test_a_group_choice_among_fixed_keys_is_refused_with_where_it_belongs(tmp_path, capsys):
     path = tmp_path / "old.yaml"
-    path.write_text(TINY.replace("measure: flops", "measure: flops\nbackbone: r50"))
+    text = Path(write_tiny_sweep(tmp_path)).read_text()
+    path.write_text(text.replace("measure: memory", "measure: memory\nbackbone: r50"))
     assert sweep_main([str(path), "--results", str(tmp_path / "r")]) == 2
     assert "backbone must go under hydra.sweeper.params" in capsys.readouterr().err
 

@@ -20,31 +20,12 @@ from bench.locks import FileLock, LockHeld
 from bench.store import ResultStore, StoreError, rebuild_store
 from bench.sweep import EXIT_LOCKED, FAULT_ENV, REPO, plan, run_sweep
 from bench.sweep import main as sweep_main
+from tests.conftest import write_tiny_sweep
 
 pytestmark = pytest.mark.slow  # fresh job processes
 
-TINY = """
-defaults:
-  - config
-  - _self_
-sweep: tiny
-measure: memory
-hydra:
-  mode: MULTIRUN
-  sweeper:
-    params:
-      backbone: r50
-      input: ade20k
-      input.height: 64
-      input.width: 64
-      encoder: {encoders}
-"""
-
-
 def write_sweep(tmp_path: Path, encoders: str = "m2f") -> str:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY.format(encoders=encoders))
-    return str(path)
+    return write_tiny_sweep(tmp_path, encoders)
 
 
 def start_runner(sweep: str, results: Path, *args: str, env: dict | None = None) -> subprocess.Popen:

@@ -8,32 +8,14 @@ import pytest
 from bench.store import ResultStore
 from bench.sweep import SweepError, expand, plan, run_sweep
 from reports.build import build_report
-
-TINY_SWEEP = """
-defaults:
-  - config
-  - _self_
-sweep: tiny
-measure: flops
-hydra:
-  mode: MULTIRUN
-  sweeper:
-    params:
-      backbone: r50
-      input: ade20k
-      input.height: 64
-      input.width: 64
-      encoder: m2f,proscale_111,rt_m2f
-"""
+from tests.conftest import write_tiny_sweep
 
 pytestmark = pytest.mark.slow  # fresh processes and model-sized traces
 
 
 @pytest.fixture
 def tiny_sweep(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY_SWEEP)
-    return str(path)
+    return write_tiny_sweep(tmp_path, "m2f,proscale_111,rt_m2f", measure="flops")
 
 
 
