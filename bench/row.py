@@ -32,7 +32,8 @@ SIZE = (["params_total"] + [f"params_{s}" for s in STAGES]
 SPEED = (["latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_ci95",
           "latency_ms_std", "wall_ms_p50", "fps", "latency_ms_e2e_p50", "timing_iters", "timing_seconds",
           "warmup_iters", "warmup_stable"]
-         + [f"latency_ms_{s}_p50" for s in TIMED_STAGES] + ["latency_ms_pixel_decoder_alone_p50"]
+         + [f"latency_ms_{s}_p50" for s in TIMED_STAGES]
+         + ["latency_ms_pixel_decoder_alone_p50", "latency_ms_pixel_decoder_alone_ci95"]
          + ["gpu_busy_ms", "compile_seconds", "recompiles", "graph_breaks"])
 ROOFLINE = ["peak_tflops", "peak_gbs", "mbytes_min_total", "floor_ms_total", "roofline_frac_total",
             "mbytes_min_pixel_decoder", "floor_ms_pixel_decoder", "roofline_frac_pixel_decoder"]

@@ -1,10 +1,12 @@
-"""``python -m reports [build|collect|export|rebuild] [key=value ...]``: the results store and the report.
+"""``python -m reports [build|collect|export|rebuild|compare] [key=value ...]``: the store and the report.
 
 - ``build`` (default): the report from ``results/results.sqlite`` (opened read-only) into ``report/``.
 - ``collect``: add every ``result.json`` under ``runs=DIR`` (default ``results/runs`` and ``multirun``).
 - ``export``: ``results.csv``, ``results.parquet`` and ``history.csv`` into ``export=DIR`` (read-only store).
 - ``rebuild``: recreate ``results.sqlite`` from every ``result.json`` under the runs (a damaged or
   replaced store is kept beside it as ``results.sqlite.replaced-<time>``).
+- ``compare a.COLUMN=VALUE ... b.COLUMN=VALUE ...``: an A/B verdict (FASTER / SLOWER / SAME / UNCLEAR)
+  for each timed metric, with the ratio's 95 % interval (``reports.compare`` has its options).
 
 Options (``key=value``): ``results=DIR`` (results/), ``report.out=DIR`` (report/ for the default results
 directory, DIR/report otherwise), ``report.accuracy=CSV`` (your accuracy numbers: columns dataset,
@@ -21,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "results"
 OPTIONS = ("results", "report.out", "report.accuracy", "runs", "export")
-COMMANDS = ("build", "collect", "export", "rebuild")
+COMMANDS = ("build", "collect", "export", "rebuild", "compare")
 
 
 class UsageError(Exception):
@@ -98,12 +100,18 @@ def _print_skipped(skipped: list[tuple[str, str]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from bench.store import StoreError
+    from reports.compare import CompareError
     from reports.tables import AccuracyError
 
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        command, opts = parse(sys.argv[1:] if argv is None else argv)
+        if argv[:1] == ["compare"]:
+            from reports.compare import run as compare
+
+            return compare(argv[1:], DEFAULT_RESULTS)
+        command, opts = parse(argv)
         return run(command, opts)
-    except (UsageError, StoreError, AccuracyError) as err:
+    except (UsageError, StoreError, AccuracyError, CompareError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -52,8 +52,9 @@ def latency_columns(model: torch.nn.Module | None, images: torch.Tensor, setting
         alone, alone_info = pixel_decoder_runner(model, images, settings)
         if "compile_seconds" in alone_info:
             row["compile_seconds"] += alone_info["compile_seconds"]
-        row["latency_ms_pixel_decoder_alone_p50"] = summarize(_short_loop(alone, clock, cfg), images.shape[0]
-                                                              )["latency_ms_p50"]
+        stats = summarize(_short_loop(alone, clock, cfg), images.shape[0], cfg.bootstrap)
+        row["latency_ms_pixel_decoder_alone_p50"] = stats["latency_ms_p50"]
+        row["latency_ms_pixel_decoder_alone_ci95"] = stats["latency_ms_ci95"]
     if cfg.e2e and mode != "cudagraph":
         e2e, _ = runner(True, mode)
         row["latency_ms_e2e_p50"] = summarize(_short_loop(e2e, clock, cfg), images.shape[0])["latency_ms_p50"]
