@@ -96,7 +96,7 @@ def test_measure_parsing():
     ("mode=jit", "mode='jit' is not valid; valid choices: eager, compile, cudagraph"),
     ("device=tpu", "device='tpu' is not valid; valid choices: auto, cpu, cuda"),
     ("mode=cudagraph", "mode=cudagraph needs device=cuda"),
-    ("encoder.num_layers=0", "num_layers must be >= 1"),
+    ("encoder.num_layers=0", "encoder.num_layers=0 must be >= 1"),
     ("+timing.min_iter=3", "unknown timing option"),
 ])
 def test_invalid_settings_become_invalid_rows(override, message, tmp_path):
