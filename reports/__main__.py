@@ -5,14 +5,17 @@
 - ``export``: ``results.csv``, ``results.parquet`` and ``history.csv`` into ``export=DIR`` (read-only store).
 - ``rebuild``: recreate ``results.sqlite`` from every ``result.json`` under the runs (a damaged or
   replaced store is kept beside it as ``results.sqlite.replaced-<time>``).
+- ``reference reference.name=NAME``: ship the store's measured rows as ``reference/NAME/`` (``rows.csv``
+  and a ``README.md`` naming hardware, driver, versions, commit and dates).
 - ``compare a.COLUMN=VALUE ... b.COLUMN=VALUE ...``: an A/B verdict (FASTER / SLOWER / SAME / UNCLEAR)
   for each timed metric, with the ratio's 95 % interval (``reports.compare`` has its options).
 
 Options (``key=value``): ``results=DIR`` (results/), ``report.out=DIR`` (report/ for the default results
 directory, DIR/report otherwise), ``report.accuracy=CSV`` (your accuracy numbers: columns dataset,
 backbone, variant, value[, metric, source]; they override the published ones), ``runs=DIR``,
-``export=DIR`` (results/export). Exit status: 0 done, 2 bad input (unknown option, missing or damaged
-store, unreadable accuracy CSV), 130 interrupted.
+``export=DIR`` (results/export), ``report.reference=false`` (leave out the shipped reference rows of
+``reference/``), ``reference.dir=DIR`` (reference/). Exit status: 0 done, 2 bad input (unknown option,
+missing or damaged store, unreadable accuracy CSV), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "results"
-OPTIONS = ("results", "report.out", "report.accuracy", "runs", "export")
-COMMANDS = ("build", "collect", "export", "rebuild", "compare")
+REFERENCE = REPO / "reference"
+OPTIONS = ("results", "report.out", "report.accuracy", "report.reference", "runs", "export", "reference.name",
+           "reference.dir")
+COMMANDS = ("build", "collect", "export", "rebuild", "reference", "compare")
 
 
 class UsageError(Exception):
@@ -69,6 +74,8 @@ def run(command: str, opts: dict[str, str]) -> int:
         _print_skipped(done.skipped)
         return 0
     with ResultStore(path, readonly=True) as store:
+        if command == "reference":
+            return ship_reference(store.frame(), opts)
         if command == "export":
             target = Path(opts.get("export", results / "export"))
             try:
@@ -78,14 +85,30 @@ def run(command: str, opts: dict[str, str]) -> int:
             print("wrote " + ", ".join(map(str, paths)))
             return 0
         rows = store.frame()
-    return build(rows, Path(opts.get("report.out", report_dir(results))), opts.get("report.accuracy"))
+    reference = None if opts.get("report.reference", "true").lower() in ("false", "0", "no") \
+        else Path(opts.get("reference.dir", REFERENCE))
+    return build(rows, Path(opts.get("report.out", report_dir(results))), opts.get("report.accuracy"), reference)
 
 
-def build(rows, out: Path, accuracy: str | None) -> int:
+def ship_reference(rows, opts: dict[str, str]) -> int:
+    from reports.reference import write_reference
+
+    if "reference.name" not in opts:
+        raise UsageError("reference needs reference.name=NAME (e.g. h100-sxm, epyc-2core)")
+    try:
+        folder = write_reference(rows, opts["reference.name"], Path(opts.get("reference.dir", REFERENCE)),
+                                 "python -m reports reference " + " ".join(f"{k}={v}" for k, v in opts.items()))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print(f"wrote {folder / 'rows.csv'} and {folder / 'README.md'}")
+    return 0
+
+
+def build(rows, out: Path, accuracy: str | None, reference: Path | None = None) -> int:
     from reports.build import build_report
 
     try:
-        summary = build_report(rows, out, accuracy)
+        summary = build_report(rows, out, accuracy, reference)
     except PermissionError:
         raise UsageError(f"cannot write the report into {out}; name a writable folder with report.out=DIR") from None
     print(f"report: {out / 'index.html'} ({summary['ok']} measured rows of {summary['rows']}, "

@@ -22,6 +22,7 @@ from reports.figures import (
     slug,
     stacked_figure,
 )
+from reports.reference import LABEL, load_reference
 from reports.render import Section, write_report
 from reports.tables import (
     GROUP,
@@ -38,9 +39,14 @@ from reports.tables import (
 )
 
 
-def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str | None = None) -> dict[str, Any]:
-    """Write the report under ``out_dir``; returns what was written."""
+def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str | None = None,
+                 reference: Path | None = None) -> dict[str, Any]:
+    """Write the report under ``out_dir``; returns what was written. With ``reference`` (a folder of
+    ``<name>/rows.csv``), the shipped reference rows join as their own hardware groups."""
     out = Path(out_dir)
+    shipped = load_reference(reference) if reference else pd.DataFrame()
+    if len(shipped):
+        rows = pd.concat([rows, shipped], ignore_index=True)
     figs, tabs = out / "figures", out / "tables"
     figs.mkdir(parents=True, exist_ok=True)
     tabs.mkdir(parents=True, exist_ok=True)
@@ -52,6 +58,9 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
         write_report(out, [], ["No successful measurements in the store."], failed)
         return summary
     notes = []
+    if len(shipped):
+        notes.append(f"{len(shipped)} rows are {LABEL} results ({', '.join(sorted(shipped['reference'].unique()))}; "
+                     "see reference/): each is its own hardware group, never on one front with your rows.")
     if df["stale"].any():
         notes.append(f"{int(df['stale'].sum())} of {len(df)} rows were measured by other code than the current "
                      f"({code_version()}); the table marks them '(stale)'. A sweep re-measures them unless "

@@ -37,7 +37,7 @@ def save(fig: plt.Figure, out: Path, name: str) -> str:
 
 def slug(key: dict[str, Any]) -> str:
     raw = "_".join(str(key[k]) for k in ("dataset", "backbone", "resolution", "batch", "precision", "mode",
-                                         "msda_backend", "device") if k in key)
+                                         "msda_backend", "device", "hardware") if k in key)
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in raw)
 
 

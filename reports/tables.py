@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reports.reference import label_hardware
 from reports.render import Table, markdown_table, shown_values
 
 ACCURACY = Path(__file__).with_name("accuracy.csv")
@@ -56,6 +57,8 @@ def read_user_accuracy(path: Path) -> pd.DataFrame:
 
 def code_note(g: pd.DataFrame, current: str | None) -> str:
     """Which code measured a group: its commit(s) and fingerprint(s), with a warning when they differ."""
+    if g["reference"].notna().all():
+        current = None  # shipped results: measured by the code named in their folder's README
     fps = sorted(g["code_fingerprint"].fillna("unknown").astype(str).unique())
     commits = sorted(g["git_commit"].fillna("unknown").astype(str).unique())
     where = f"commit {', '.join(commits)}"
@@ -70,18 +73,19 @@ def prepare(rows: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
     """Measured ok rows with a hardware/resolution label and the reported accuracy joined."""
     from bench.row import COLUMNS
 
-    df = rows.reindex(columns=list(dict.fromkeys([*COLUMNS, *rows.columns])))  # missing columns: NaN
+    df = rows.reindex(columns=list(dict.fromkeys([*COLUMNS, "reference", *rows.columns])))  # missing: NaN
     df = df[df["status"] == "ok"].copy()
     if df.empty:
         return df
     df["hardware"] = np.where(df["device"] == "cuda", df.get("gpu_name"), df.get("cpu_name"))
     df["hardware"] = df["hardware"].fillna(df["device"])
+    df = label_hardware(df)
     df["resolution"] = df["height"].astype(int).astype(str) + "x" + df["width"].astype(int).astype(str)
     # the pixel decoder's time: timed alone (every mode) where measured, else the eager stage time
     df["pd_latency_ms"] = df["latency_ms_pixel_decoder_alone_p50"].fillna(df["latency_ms_pixel_decoder_p50"])
     df["force_fp32"] = df["force_fp32"].fillna(True).astype(bool)
     current = code_version()
-    df["stale"] = df["code_fingerprint"] != current
+    df["stale"] = (df["code_fingerprint"] != current) & df["reference"].isna()
     df["code"] = df["code_fingerprint"].fillna("unknown").astype(str) + np.where(df["stale"], " (stale)", "")
     acc = accuracy.rename(columns={"value": "accuracy_reported", "metric": "accuracy_metric",
                                   "source": "accuracy_source", "note": "accuracy_note"})
