@@ -109,3 +109,14 @@ def test_fast_path_section_compares_within_each_execution_configuration(tmp_path
     # fronts and per-group tables never mix backends
     assert len(list((tmp_path / "tables").glob("speed_conversion_*.csv"))) == 2
     assert "Fast path" in (tmp_path / "report.md").read_text()
+
+
+def test_each_group_names_its_code_and_warns_when_fingerprints_mix():
+    from reports.tables import code_note
+
+    one = pd.DataFrame({"code_fingerprint": ["f1", "f1"], "git_commit": ["c1", "c2"], "reference": [None, None]})
+    assert code_note(one, "f1") == "Measured by code f1, commit c1, c2."
+    assert "(not the current code: stale rows, kept)" in code_note(one, "f2")
+    mixed = one.assign(code_fingerprint=["f1", "f2"])
+    assert code_note(mixed, "f1").startswith("Warning: this group mixes rows measured by 2 code versions (fingerprints "
+                                             "f1, f2")
