@@ -30,8 +30,10 @@ from reports.tables import (
     code_note,
     code_version,
     fast_path_table,
+    headline,
     load_accuracy,
     main_table,
+    narrow,
     paper_table,
     prepare,
     speed_conversion,
@@ -68,14 +70,7 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
     if df["latency_ms_p50"].isna().all():
         notes.append("No latency or energy was measured (no GPU): this report shows FLOPs, parameters and memory; "
                      "FPS and energy plots are omitted.")
-    summary["tables"].append("main")
-    sections.append(Section("All measurements (reported accuracy joined; measured costs)", [],
-                            [write_table(main_table(df), tabs, "main")]))
-    paper = paper_table(df)
-    if not paper.empty:
-        sections.append(Section("PRO-SCALE Cityscapes FPS table: reported vs measured", [],
-                                [write_table(paper, tabs, "paper_cityscapes")]))
-        summary["tables"].append("paper_cityscapes")
+    headlines: dict[str, Section] = {}  # per hardware: the speed-conversion finding, first in the report
     for key_vals, g in df.groupby(GROUP, dropna=False):
         key = dict(zip(GROUP, key_vals, strict=True))
         tag = slug(key)
@@ -98,13 +93,24 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
                                           "energy per image, J net (measured)")
         files += [lat_fig, en_fig]
         conv = speed_conversion(g)
+        head = headlines.setdefault(key["hardware"], Section(f"How much of the MAC saving became speed on "
+                                                             f"{key['hardware']}"))
+        head.notes += headline(g, key)
         if not conv.empty:
             name = f"speed_conversion_{tag}"
-            tables.append(write_table(conv, tabs, name, f"Spearman rho (pixel-decoder G-MACs vs latency): {rho:.2f}"))
+            table = write_table(conv, tabs, name, f"{title}. Spearman rho (pixel-decoder G-MACs vs latency): {rho:.2f}")
+            head.tables.append(table)
+            head.figures += [f for f in (lat_fig,) if f]
             summary["tables"].append(name)
         files = [f for f in files if f]
         summary["figures"] += files
         sections.append(Section(title, files, tables, [code_note(g, code_version())]))
+    sections = [h for h in headlines.values() if h.notes] + sections
+    paper = paper_table(df)
+    if not paper.empty:
+        sections.append(Section("PRO-SCALE Cityscapes FPS table: reported vs measured", [],
+                                [write_table(paper, tabs, "paper_cityscapes")]))
+        summary["tables"].append("paper_cityscapes")
     fast = fast_path_section(df, figs, tabs)
     if fast:
         sections.append(fast)
@@ -122,6 +128,11 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
         if files:
             sections.append(Section(label.capitalize() + " scaling", files, []))
             summary["figures"] += files
+    full = main_table(df)
+    sections.append(Section("All measurements (reported accuracy joined; measured costs)", [],
+                            [write_table(full, tabs, "main", "Empty columns are left out here; tables/main.csv "
+                                         "has every column, and results.csv every measured value.", narrow(full))]))
+    summary["tables"].append("main")
     write_report(out, sections, notes, failed)
     return summary
 

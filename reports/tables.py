@@ -83,6 +83,8 @@ def prepare(rows: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
     df["resolution"] = df["height"].astype(int).astype(str) + "x" + df["width"].astype(int).astype(str)
     # the pixel decoder's time: timed alone (every mode) where measured, else the eager stage time
     df["pd_latency_ms"] = df["latency_ms_pixel_decoder_alone_p50"].fillna(df["latency_ms_pixel_decoder_p50"])
+    df["pd_latency_ci95"] = df["latency_ms_pixel_decoder_alone_ci95"].where(
+        df["latency_ms_pixel_decoder_alone_p50"].notna())  # the stage time has no interval
     df["force_fp32"] = df["force_fp32"].fillna(True).astype(bool)
     current = code_version()
     df["stale"] = (df["code_fingerprint"] != current) & df["reference"].isna()
@@ -104,12 +106,50 @@ def speed_conversion(g: pd.DataFrame, lat: str = "pd_latency_ms", macs: str = "g
     base = g[g["encoder"] == "m2f"]
     if base.empty or g[lat].isna().all():
         return pd.DataFrame()
+    from reports.compare import ratio_interval
+
     b = base.iloc[0]
-    t = g[["variant", macs, lat]].copy()
+    ci = "pd_latency_ci95" if lat == "pd_latency_ms" else None
+    t = g[["variant", macs, lat] + ([ci] if ci and ci in g else [])].copy()
     t["mac_reduction"] = 1 - t[macs] / b[macs]
     t["latency_reduction"] = 1 - t[lat] / b[lat]
+    bounds = [ratio_interval(float(b[lat]), float(b.get(ci, math.nan)) if ci else math.nan, float(v),
+                             float(r.get(ci, math.nan)) if ci else math.nan) for v, (_, r) in zip(t[lat], t.iterrows(),
+                                                                                               strict=True)]
+    t["latency_reduction_low"] = [1 - hi for _, _, hi in bounds]  # 95 % interval of the reduction
+    t["latency_reduction_high"] = [1 - lo for _, lo, _ in bounds]
     t["speed_conversion"] = t["latency_reduction"] / t["mac_reduction"].where(t["mac_reduction"].abs() > 1e-9)
-    return t
+    return t.drop(columns=[c for c in (ci,) if c and c in t])
+
+
+def headline(g: pd.DataFrame, key: dict) -> list[str]:
+    """Sentences a reviewer could quote: each variant's MAC saving and how much of it became latency."""
+    parts = [key["dataset"], key["backbone"], key["resolution"], f"batch {key['batch']}",
+             f"{key['precision']} {key['mode']}", key["msda_backend"]]
+    where = f"On {key['hardware']} ({', '.join(str(p) for p in parts if pd.notna(p) and str(p) != 'nan')})"
+    conv = speed_conversion(g)
+    if conv.empty:
+        base = g[g["encoder"] == "m2f"]
+        if base.empty:
+            return []
+        macs = ", ".join(f"{v} by {100 * (1 - m / base['gmacs_pixel_decoder'].iloc[0]):.0f} %"
+                         for v, m in zip(g["variant"], g["gmacs_pixel_decoder"], strict=True) if v != "m2f")
+        return [f"{where}, no latency was measured: pixel-decoder MACs fall {macs} against M2F."]
+    out = []
+    for _, r in conv[conv["variant"] != base_variant(g)].iterrows():
+        text = (f"{where}, {r['variant']} cuts pixel-decoder MACs by {100 * r['mac_reduction']:.0f} % and its "
+                f"latency by {100 * r['latency_reduction']:.0f} %")
+        low, high = r["latency_reduction_low"], r["latency_reduction_high"]
+        if pd.notna(low):
+            text += f" (95 % CI {100 * low:.0f} to {100 * high:.0f} %)"
+            if low <= 0 <= high:
+                text += "; at this noise it cannot be ranked against M2F"
+        out.append(text + f": a speed conversion of {r['speed_conversion']:.2f}.")
+    return out
+
+
+def base_variant(g: pd.DataFrame) -> str:
+    return str(g.loc[g["encoder"] == "m2f", "variant"].iloc[0])
 
 
 FAST_COLUMNS = {
@@ -158,6 +198,9 @@ MAIN_COLUMNS = {
 }
 
 
+WIDE = ["accuracy source"]  # in the CSV, not on the page
+
+
 def main_table(df: pd.DataFrame) -> pd.DataFrame:
     t = df[[c for c in MAIN_COLUMNS if c in df]].copy()
     for c in ("params_total", "params_pixel_decoder"):
@@ -165,6 +208,11 @@ def main_table(df: pd.DataFrame) -> pd.DataFrame:
             t[c] = t[c] / 1e6
     t["accuracy_reported"] = t["accuracy_reported"].map(lambda v: "n/a (not published)" if pd.isna(v) else v)
     return t.rename(columns=MAIN_COLUMNS)
+
+
+def narrow(t: pd.DataFrame) -> pd.DataFrame:
+    """The page's version of a table: no all-empty column and no wide text column."""
+    return t.drop(columns=[c for c in t if c in WIDE or t[c].isna().all()])
 
 
 def paper_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -179,10 +227,12 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     return g[[c for c in cols if c in g]].rename(columns=cols)
 
 
-def write_table(t: pd.DataFrame, out: Path, name: str, note: str = "") -> Table:
-    """CSV (NaN empty, full precision), markdown and LaTeX files; returns the table for the report."""
+def write_table(t: pd.DataFrame, out: Path, name: str, note: str = "", shown: pd.DataFrame | None = None
+                ) -> Table:
+    """CSV (every column, NaN empty, full precision), markdown and LaTeX files of ``shown`` (default: the
+    table itself); returns the table for the report."""
     t.to_csv(out / f"{name}.csv", index=False)
-    table = Table(name, shown_values(t), note)
+    table = Table(name, shown_values(t if shown is None else shown), note)
     (out / f"{name}.md").write_text(markdown_table(table) + "\n")
     latex = table.shown.to_latex(index=False, float_format="%.3g", escape=True)
     (out / f"{name}.tex").write_text("% requires \\usepackage{booktabs}\n" + latex.replace("\\hline", "\\midrule"))

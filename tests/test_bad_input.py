@@ -93,12 +93,12 @@ def test_bad_report_input_is_refused(tmp_path, capsys, args, message):
     assert not (tmp_path / "typo").exists()  # never creates an empty store
 
 
-def store_with_one_row(tmp_path: Path) -> Path:
+def store_with_one_row(tmp_path: Path, variant: str = "m2f") -> Path:
     from bench.store import ResultStore
 
     results = tmp_path / "results"
     with ResultStore(results / "results.sqlite") as store:
-        store.add({"run_id": "1", "config_hash": "a", "status": "ok", "created_at": "1", "variant": "m2f",
+        store.add({"run_id": "1", "config_hash": "a", "status": "ok", "created_at": "1", "variant": variant,
                    "encoder": "m2f", "backbone": "r50", "dataset": "ade20k", "height": 64, "width": 64, "batch": 1,
                    "device": "cpu", "cpu_name": "cpu", "precision": "fp32", "mode": "eager", "gmacs_total": 1.0})
     return results
@@ -124,15 +124,16 @@ def test_a_bad_accuracy_csv_names_the_file(tmp_path, capsys, content, message):
 
 
 def test_user_strings_are_escaped_in_markdown_and_html(tmp_path):
-    results = store_with_one_row(tmp_path)
+    variant = "v | <script>alert(1)</script>"  # a label as a user's own encoder could have it
+    results = store_with_one_row(tmp_path, variant)
     csv = tmp_path / "acc.csv"
-    csv.write_text('dataset,backbone,variant,value,source\nade20k,r50,m2f,47.0,"a | b <script>alert(1)</script>"\n')
+    csv.write_text(f'dataset,backbone,variant,value,source\nade20k,r50,"{variant}",47.0,"a <b>source</b>"\n')
     out = tmp_path / "rep"
     assert reports_main(["build", f"results={results}", f"report.accuracy={csv}", f"report.out={out}"]) == 0
     md, html = (out / "report.md").read_text(), (out / "index.html").read_text()
-    assert "<script>" not in md and "&lt;script&gt;" in md and "a \\| b" in md
-    assert "<script>" not in html and "&lt;script&gt;" in html
-    table = [line for line in md.splitlines() if line.startswith("| m2f")]
+    assert "<script>" not in md and "&lt;script&gt;" in md and "v \\| &lt;script" in md
+    assert "<script>" not in html and "&lt;script&gt;" in html and "<b>source" not in html
+    table = [line for line in md.splitlines() if line.startswith("| v ")]
     assert table and all(line.count(" | ") == table[0].count(" | ") for line in table)
 
 

@@ -120,3 +120,29 @@ def test_each_group_names_its_code_and_warns_when_fingerprints_mix():
     mixed = one.assign(code_fingerprint=["f1", "f2"])
     assert code_note(mixed, "f1").startswith("Warning: this group mixes rows measured by 2 code versions (fingerprints "
                                              "f1, f2")
+
+
+def test_the_report_leads_with_the_speed_conversion_finding(tmp_path):
+    rows = fake_rows()
+    rows["latency_ms_pixel_decoder_alone_p50"] = rows["latency_ms_pixel_decoder_p50"]
+    rows["latency_ms_pixel_decoder_alone_ci95"] = [0.4, 0.3, 0.2, 20.0]  # the last: too noisy to rank
+    build_report(rows, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    headings = [line for line in md.splitlines() if line.startswith("## ")]
+    assert headings[0] == "## How much of the MAC saving became speed on H100"
+    assert headings[-1].startswith("## All measurements")  # the full table comes last
+    first = md.split(headings[0])[1].split("\n## ")[0]
+    assert ("On H100 (cityscapes, swin_t, 1024x2048, batch 1, fp32 eager), proscale(3,3,3)+lpe+trc cuts "
+            "pixel-decoder MACs by 52 % and its latency by 23 % (95 % CI") in first
+    assert "proscale(0,0,1)+lpe+trc cuts" in first and "cannot be ranked against M2F" in first
+    assert "![flops_to_latency_" in first
+    main = md.split(headings[-1])[1]
+    assert "GPU busy" not in main and "accuracy source" not in main  # empty and wide columns stay in the CSV
+    assert "accuracy source" in (tmp_path / "tables" / "main.csv").read_text()
+
+
+def test_without_latency_the_headline_says_so_with_the_mac_savings(tmp_path):
+    rows = fake_rows().drop(columns=["latency_ms_pixel_decoder_p50", "latency_ms_p50", "fps"])
+    build_report(rows, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "no latency was measured: pixel-decoder MACs fall proscale(3,3,3)+lpe+trc by 52 %" in md
