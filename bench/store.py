@@ -153,6 +153,11 @@ class ResultStore:
         query = "SELECT config_hash, json_extract(row, '$.code_fingerprint') FROM results WHERE status = 'ok'"
         return dict(self.conn.execute(query).fetchall())
 
+    def count(self, table: str = "history") -> int:
+        if table not in ("results", "history"):
+            raise ValueError(f"table must be 'results' or 'history', got {table!r}")
+        return self.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
     def sources(self) -> set[str]:
         """The files rows were collected from."""
         return {r[0] for r in self.conn.execute("SELECT source FROM history WHERE source IS NOT NULL")}

@@ -432,7 +432,7 @@ def _run(name: str, jobs: list[Job], store: Any, results: Path, fingerprint: str
         print(f"sweep {name}: nothing to run", file=sys.stderr)
         return 0
     _no_gpu_note(jobs)
-    if store.rows("history"):
+    if store.count("history"):
         print(f"backup: {store.backup()}", file=sys.stderr)
     batch = todo[:opts.max_jobs] if opts.max_jobs else todo
     failures = []

@@ -151,10 +151,10 @@ def run(args: list[str], default_results: Path) -> int:
         fail = float(opts["fail_above"]) / 100 if "fail_above" in opts else None
     except ValueError:
         raise CompareError("same_within and fail_above are percentages, e.g. same_within=2 fail_above=5") from None
-    base = Path(opts.get("results", default_results))
-    rows_a = load_rows(Path(opts.get("a.results", base)))
-    rows_b = rows_a if opts.get("b.results", str(base)) == opts.get("a.results", str(base)) \
-        else load_rows(Path(opts.get("b.results", base)))
+    base = opts.get("results", str(default_results))
+    source_a, source_b = Path(opts.get("a.results", base)), Path(opts.get("b.results", base))
+    rows_a = load_rows(source_a)
+    rows_b = rows_a if source_b == source_a else load_rows(source_b)
     a, b = select(rows_a, fa, "a"), select(rows_b, fb, "b")
     table = compare(a, b, pairing_columns(fa, fb), same)
     if table.empty:

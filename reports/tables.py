@@ -100,6 +100,9 @@ def code_version() -> str:
     return code_fingerprint()
 
 
+LATENCY_CI = {"pd_latency_ms": "pd_latency_ci95", "latency_ms_p50": "latency_ms_ci95"}
+
+
 def speed_conversion(g: pd.DataFrame, lat: str = "pd_latency_ms", macs: str = "gmacs_pixel_decoder"
                      ) -> pd.DataFrame:
     """Per variant: latency and MAC reductions vs M2F, and their ratio (how much saving became speed)."""
@@ -109,17 +112,16 @@ def speed_conversion(g: pd.DataFrame, lat: str = "pd_latency_ms", macs: str = "g
     from reports.compare import ratio_interval
 
     b = base.iloc[0]
-    ci = "pd_latency_ci95" if lat == "pd_latency_ms" else None
-    t = g[["variant", macs, lat] + ([ci] if ci and ci in g else [])].copy()
+    ci = g.get(LATENCY_CI.get(lat), pd.Series(math.nan, index=g.index))  # the latency's CI half-width
+    t = g[["variant", macs, lat]].copy()
     t["mac_reduction"] = 1 - t[macs] / b[macs]
     t["latency_reduction"] = 1 - t[lat] / b[lat]
-    bounds = [ratio_interval(float(b[lat]), float(b.get(ci, math.nan)) if ci else math.nan, float(v),
-                             float(r.get(ci, math.nan)) if ci else math.nan) for v, (_, r) in zip(t[lat], t.iterrows(),
-                                                                                               strict=True)]
+    bounds = [ratio_interval(float(b[lat]), float(ci[base.index[0]]), float(v), float(c))
+              for v, c in zip(t[lat], ci, strict=True)]
     t["latency_reduction_low"] = [1 - hi for _, _, hi in bounds]  # 95 % interval of the reduction
     t["latency_reduction_high"] = [1 - lo for _, lo, _ in bounds]
     t["speed_conversion"] = t["latency_reduction"] / t["mac_reduction"].where(t["mac_reduction"].abs() > 1e-9)
-    return t.drop(columns=[c for c in (ci,) if c and c in t])
+    return t
 
 
 def headline(g: pd.DataFrame, key: dict) -> list[str]:
