@@ -329,7 +329,6 @@ def run_one(job: Job, attempt: Path, cache_dir: Path, timeout: float) -> dict[st
 class Options:
     force: bool = False
     keep_stale: bool = False
-    dry_run: bool = False
     timeout: float = 3600.0
     max_jobs: int | None = None
 
@@ -371,7 +370,7 @@ def run_sweep(name: str, extra: list[str], results: Path, force: bool = False, d
     from bench.locks import FileLock, LockHeld
     from bench.store import ResultStore
 
-    opts = Options(force, keep_stale, dry_run, timeout, max_jobs)
+    opts = Options(force, keep_stale, timeout, max_jobs)
     results = Path(results).absolute()
     jobs = planned(name, extra)
     fingerprint = code_fingerprint()
