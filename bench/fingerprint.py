@@ -1,7 +1,7 @@
 """The code fingerprint: a hash of everything that can change a measured number.
 
 It covers the model code (``models/``), the measuring code of ``bench/`` (not the sweep runner or
-the store, which only move rows), the config tree (``conf/``) and the versions of the libraries
+the store, which only move rows, nor the accuracy engines), the config tree (``conf/``) and the versions of the libraries
 that count, time or build. Rows carry it as ``code_fingerprint``; the sweep re-measures a stored
 row whose fingerprint differs from the running code's, and the FLOP stage cache keys on it.
 """
@@ -15,14 +15,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = (("models", "**/*.py"), ("bench", "**/*.py"), ("conf", "**/*.yaml"))
-NOT_MEASURING = {"bench/sweep.py", "bench/store.py", "bench/locks.py", "bench/fingerprint.py", "bench/__main__.py"}
+NOT_MEASURING = {"bench/sweep.py", "bench/store.py", "bench/locks.py", "bench/fingerprint.py", "bench/__main__.py",
+                 "bench/forkserver.py"}
+NOT_MEASURING_DIRS = ("bench/evaluate/",)  # accuracy engines: they score predictions, they time nothing
 LIBRARIES = ("torch", "transformers", "fvcore", "ptflops", "triton", "numpy", "nvidia-ml-py")
 
 
 def source_files(root: Path = REPO) -> list[Path]:
     """The files the fingerprint reads, in a stable order."""
     files = [p for folder, pattern in SOURCES for p in (root / folder).glob(pattern) if p.is_file()]
-    return sorted((p for p in files if p.relative_to(root).as_posix() not in NOT_MEASURING),
+    return sorted((p for p in files if p.relative_to(root).as_posix() not in NOT_MEASURING
+                   and not p.relative_to(root).as_posix().startswith(NOT_MEASURING_DIRS)),
                   key=lambda p: p.relative_to(root).as_posix())
 
 

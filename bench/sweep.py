@@ -1,7 +1,11 @@
 """Run a named sweep: every job in a fresh ``python -m bench`` process, one at a time, resumable.
 
-``python -m bench.sweep default [OVERRIDES...] [--force] [--keep-stale] [--results DIR] [--dry-run]
-[--max-jobs N] [--timeout S] [--report]``
+On Linux without a GPU each job process is forked from a fork server that has done the imports once
+(``bench.forkserver``, ``--launcher``); elsewhere it is a new interpreter. ``main`` names the main job:
+the ``default`` sweep with a GPU, the CPU-sized ``cpu`` sweep without.
+
+``python -m bench.sweep NAME [OVERRIDES...] [--force] [--keep-stale] [--results DIR] [--dry-run]
+[--max-jobs N] [--timeout S] [--launcher auto|fork|spawn] [--report]``
 
 The sweep file ``sweeps/<name>.yaml`` is a Hydra multirun config: ``hydra.sweeper.params`` is
 the grid (expanded with Hydra's own override parser, so ``a,b``, ``range()``, ``choice()`` work)
@@ -68,8 +72,23 @@ class Job:
     label: str
 
 
+MAIN = "main"  # the main job: the default sweep on a machine with a GPU, the CPU-sized one without
+
+
 def sweep_names() -> list[str]:
-    return sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+    return [MAIN, *sorted(p.stem for p in SWEEPS.glob("*.yaml"))]
+
+
+def resolve_main(name: str) -> str:
+    """``main`` is ``default`` where CUDA is available and ``cpu`` (CPU-sized) elsewhere; other names as given."""
+    if name != MAIN:
+        return name
+    import torch
+
+    chosen = "default" if torch.cuda.is_available() else "cpu"
+    where = "a GPU is available" if chosen == "default" else "no GPU: the CPU-sized main job"
+    print(f"sweep main: {where}, running sweeps/{chosen}.yaml", file=sys.stderr)
+    return chosen
 
 
 def sweep_path(name: str) -> Path:
@@ -285,29 +304,50 @@ def fault(moment: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_one(job: Job, attempt: Path, cache_dir: Path, timeout: float) -> dict[str, Any]:
-    """Run one job in a fresh process group in ``attempt``; its row (from result.json, or a crash row,
+def job_command(job: Job) -> list[str]:
+    """``python -m bench``'s arguments for ``job`` (paths come from the environment, never the command line)."""
+    return [*job.overrides, "out_dir=${oc.env:ENCBENCH_JOB_DIR}", "hydra.run.dir=${oc.env:ENCBENCH_JOB_DIR}",
+            "flops.cache_dir=${oc.env:ENCBENCH_FLOPS_CACHE}"]
+
+
+def spawn(argv: list[str], env: dict[str, str], log_path: Path, timeout: float) -> int | None:
+    """Run ``python -m bench argv`` in a fresh interpreter and process group; its exit code, None on timeout."""
+    with log_path.open("w") as log:
+        full = {**os.environ, **env}
+        full.pop(FAULT_ENV, None)
+        proc = subprocess.Popen([sys.executable, "-m", "bench", *argv], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=log, env=full, start_new_session=True,
+                                preexec_fn=_die_with_parent(os.getpid()))
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            stop_group(proc)
+            return None
+        finally:
+            if proc.poll() is None:  # interrupted: the job must not outlive the runner
+                stop_group(proc)
+
+
+def run_one(job: Job, attempt: Path, cache_dir: Path, timeout: float, server: Any = None) -> dict[str, Any]:
+    """Run one job in a fresh process group in ``attempt`` (forked from ``server``, a
+    ``bench.forkserver.ForkServer``, or a new interpreter); its row (from result.json, or a crash row,
     which is written there too, so that a rebuild finds every attempt)."""
     from bench.job import write_row
     from bench.store import read_row
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ENCBENCH_JOB_DIR": str(attempt),
-           "ENCBENCH_FLOPS_CACHE": str(cache_dir)}
-    env.pop(FAULT_ENV, None)
-    cmd = [sys.executable, "-m", "bench", *job.overrides, "out_dir=${oc.env:ENCBENCH_JOB_DIR}",
-           "hydra.run.dir=${oc.env:ENCBENCH_JOB_DIR}", "flops.cache_dir=${oc.env:ENCBENCH_FLOPS_CACHE}"]
+    env = {"PYTHONUNBUFFERED": "1", "ENCBENCH_JOB_DIR": str(attempt), "ENCBENCH_FLOPS_CACHE": str(cache_dir)}
     log_path, result = attempt / "job.log", attempt / "result.json"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, env=env,
-                                start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
+    gone = None
+    if server is not None:
+        from bench.forkserver import ServerGone
+
+        log_path.touch()
         try:
-            code = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            stop_group(proc)
-            code = None
-        finally:
-            if proc.poll() is None:  # interrupted: the job must not outlive the runner
-                stop_group(proc)
+            code = server.run(job_command(job), env, log_path, timeout)
+        except ServerGone as err:
+            code, gone = None, f"{err} during the job, which died with it"
+    else:
+        code = spawn(job_command(job), env, log_path, timeout)
     fault("job-finished")
     if result.exists():
         row, reason = read_row(result)
@@ -315,6 +355,8 @@ def run_one(job: Job, attempt: Path, cache_dir: Path, timeout: float) -> dict[st
             return row
         result.replace(attempt / "result.json.bad")
         error = f"the job's result.json is unusable ({reason}); kept as result.json.bad"
+    elif gone:
+        error = gone
     elif code is None:
         error = f"timed out after {timeout:g} s (the job's process group was stopped)"
     else:
@@ -331,6 +373,7 @@ class Options:
     keep_stale: bool = False
     timeout: float = 3600.0
     max_jobs: int | None = None
+    launcher: str = "auto"
 
 
 def select(jobs: list[Job], measured: dict[str, str | None], fingerprint: str, opts: Options
@@ -364,13 +407,15 @@ def planned(name: str, extra: list[str]) -> list[Job]:
 
 
 def run_sweep(name: str, extra: list[str], results: Path, force: bool = False, dry_run: bool = False,
-              timeout: float = 3600.0, max_jobs: int | None = None, keep_stale: bool = False) -> int:
+              timeout: float = 3600.0, max_jobs: int | None = None, keep_stale: bool = False,
+              launcher: str = "auto") -> int:
     """Run (or resume) a sweep; returns the number of failed jobs. ``SweepError`` when it cannot start."""
     from bench.fingerprint import code_fingerprint
     from bench.locks import FileLock, LockHeld
     from bench.store import ResultStore
 
-    opts = Options(force, keep_stale, timeout, max_jobs)
+    opts = Options(force, keep_stale, timeout, max_jobs, launcher)
+    name = resolve_main(name)  # idempotent: main() resolves it first, for its messages
     results = Path(results).absolute()
     jobs = planned(name, extra)
     fingerprint = code_fingerprint()
@@ -435,22 +480,53 @@ def _run(name: str, jobs: list[Job], store: Any, results: Path, fingerprint: str
         print(f"backup: {store.backup()}", file=sys.stderr)
     batch = todo[:opts.max_jobs] if opts.max_jobs else todo
     failures = []
-    bar = tqdm(batch, desc=f"sweep {name}", unit="job", file=sys.stderr, dynamic_ncols=True)
-    for job in bar:
-        bar.set_postfix_str(job.label[:60])
-        attempt = attempt_dir(runs, job)
-        row = run_one(job, attempt, results / "flops_cache", opts.timeout)
-        row["config_hash"] = row.get("config_hash") or job.config_hash
-        fault("before-store")
-        if not store.add(row, str(attempt / "result.json")):
-            bar.write(f"  note: {job.label}: this row was already in the store")
-        fault("after-store")
-        if row.get("status") != "ok":
-            failures.append((job, row))
-            bar.write(f"  {row.get('status')}: {job.label}: {str(row.get('error'))[:200]}")
-    bar.close()
+    server = start_server(opts.launcher)
+    try:
+        bar = tqdm(batch, desc=f"sweep {name}", unit="job", file=sys.stderr, dynamic_ncols=True)
+        for job in bar:
+            _run_job(job, runs, results, store, opts, server, bar, failures)
+        bar.close()
+    finally:
+        if server is not None:
+            server.close()
     _report_end(name, len(batch), len(todo), failures)
     return len(failures)
+
+
+def _run_job(job: Job, runs: Path, results: Path, store: Any, opts: Options, server: Any, bar: Any,
+             failures: list) -> None:
+    """One job: a new attempt directory, the run, its row into the store."""
+    bar.set_postfix_str(job.label[:60])
+    attempt = attempt_dir(runs, job)
+    row = run_one(job, attempt, results / "flops_cache", opts.timeout, server)
+    row["config_hash"] = row.get("config_hash") or job.config_hash
+    fault("before-store")
+    if not store.add(row, str(attempt / "result.json")):
+        bar.write(f"  note: {job.label}: this row was already in the store")
+    fault("after-store")
+    if row.get("status") != "ok":
+        failures.append((job, row))
+        bar.write(f"  {row.get('status')}: {job.label}: {str(row.get('error'))[:200]}")
+
+
+LAUNCHERS = ("auto", "fork", "spawn")
+
+
+def start_server(launcher: str) -> Any:
+    """The fork server for ``launcher`` (``auto``: on Linux without a GPU), or None to spawn each job.
+    A server that cannot start is a warning: the jobs then start fresh interpreters."""
+    import torch
+
+    from bench.forkserver import ForkServer
+
+    if launcher == "spawn" or (launcher == "auto" and (torch.cuda.is_available()
+                                                       or not sys.platform.startswith("linux"))):
+        return None
+    try:
+        return ForkServer(REPO, _die_with_parent(os.getpid()))
+    except (RuntimeError, OSError, ValueError) as err:
+        print(f"warning: {err}; each job starts a fresh interpreter instead", file=sys.stderr)
+        return None
 
 
 def _no_gpu_note(jobs: list[Job]) -> None:
@@ -492,7 +568,8 @@ def _positive(kind: type) -> Callable[[str], Any]:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("name", help=f"sweep name: one of {', '.join(sweep_names())}, or a .yaml path")
+    ap.add_argument("name", help=f"sweep name: one of {', '.join(sweep_names())}, or a .yaml path; {MAIN} is "
+                    "default with a GPU and cpu without")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job (may sweep: a,b)")
     ap.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                     help="results directory: store, runs, cache (default: results/ in the repository)")
@@ -503,6 +580,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dry-run", action="store_true", help="list the jobs that would run (writes nothing)")
     ap.add_argument("--timeout", type=_positive(float), default=3600.0, help="seconds per job before it is killed")
     ap.add_argument("--max-jobs", type=_positive(int), default=None, help="stop after this many jobs (resume later)")
+    ap.add_argument("--launcher", choices=LAUNCHERS, default="auto",
+                    help="how each job's fresh process starts: fork (from a server that has done the imports "
+                    "once), spawn (a new interpreter), auto (fork on Linux without a GPU; default)")
     ap.add_argument("--report", action="store_true", help="then build the report from the same results directory")
     return ap
 
@@ -511,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.store import StoreError
 
     args = parser().parse_intermixed_args(argv)
+    args.name = resolve_main(args.name)
     if "force=true" in args.overrides:  # the override spelling of --force (make sweep ARGS="force=true")
         args.overrides.remove("force=true")
         args.force = True
@@ -518,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         failed = run_sweep(args.name, args.overrides, args.results, args.force, args.dry_run, args.timeout,
-                           args.max_jobs, args.keep_stale)
+                           args.max_jobs, args.keep_stale, args.launcher)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.code

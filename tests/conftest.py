@@ -31,10 +31,21 @@ hydra:
 """
 
 
-def write_tiny_sweep(folder: Path, encoders: str = "m2f", measure: str = "memory") -> str:
-    """A sweep file of R50 64x64 jobs (one per encoder) in ``folder``; its path."""
+SLOW_TIMING = """
+timing:
+  min_seconds: 4.0
+  warmup_min_seconds: 0.5
+  e2e: false
+  pixel_decoder_alone: false
+"""
+
+
+def write_tiny_sweep(folder: Path, encoders: str = "m2f", measure: str = "memory", slow: bool = False) -> str:
+    """A sweep file of R50 64x64 jobs (one per encoder) in ``folder``; its path. ``slow``: each job also
+    times the model for about 5 s, so that a test can stop it while it runs."""
     path = Path(folder) / "tiny.yaml"
-    path.write_text(TINY_SWEEP.format(encoders=encoders, measure=measure))
+    text = TINY_SWEEP.format(encoders=encoders, measure="[memory, latency]" if slow else measure)
+    path.write_text(text.replace("hydra:", SLOW_TIMING.strip() + "\nhydra:") if slow else text)
     return str(path)
 
 

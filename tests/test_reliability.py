@@ -24,8 +24,8 @@ from tests.conftest import write_tiny_sweep
 
 pytestmark = pytest.mark.slow  # fresh job processes
 
-def write_sweep(tmp_path: Path, encoders: str = "m2f") -> str:
-    return write_tiny_sweep(tmp_path, encoders)
+def write_sweep(tmp_path: Path, encoders: str = "m2f", slow: bool = False) -> str:
+    return write_tiny_sweep(tmp_path, encoders, slow=slow)
 
 
 def start_runner(sweep: str, results: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -34,16 +34,23 @@ def start_runner(sweep: str, results: Path, *args: str, env: dict | None = None)
                             env={**os.environ, **(env or {})})
 
 
-def job_pid(runner: subprocess.Popen, timeout: float = 60.0) -> int:
-    """The PID of the job process the runner started (waits for it)."""
+def children(pid: int) -> list[int]:
+    try:
+        return [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def job_pid(runner: subprocess.Popen, timeout: float = 120.0) -> int:
+    """The PID of the job process the runner started (waits for it): the runner's child, or, with the
+    fork server, the server's child."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            kids = Path(f"/proc/{runner.pid}/task/{runner.pid}/children").read_text().split()
-        except OSError:
-            kids = []
-        if kids:
-            return int(kids[0])
+        for kid in children(runner.pid):
+            if b"bench.forkserver" not in Path(f"/proc/{kid}/cmdline").read_bytes():
+                return kid
+            if children(kid):
+                return children(kid)[0]
         if runner.poll() is not None:
             raise AssertionError(f"the runner exited first: {runner.stderr.read()}")
         time.sleep(0.1)
@@ -74,10 +81,14 @@ def attempts(results: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------ kills and signals
+LAUNCHERS = pytest.mark.parametrize("launcher", ["fork", "spawn"])
+
+
+@LAUNCHERS
 @pytest.mark.parametrize("sig,code", [(signal.SIGKILL, -9), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_killed_runner_takes_its_job_with_it_and_a_rerun_measures_once(tmp_path, sig, code):
-    sweep, results = write_sweep(tmp_path), tmp_path / "results"
-    runner = start_runner(sweep, results)
+def test_a_killed_runner_takes_its_job_with_it_and_a_rerun_measures_once(tmp_path, sig, code, launcher):
+    sweep, results = write_sweep(tmp_path, slow=True), tmp_path / "results"
+    runner = start_runner(sweep, results, "--launcher", launcher)
     child = job_pid(runner)
     time.sleep(1.0)
     runner.send_signal(sig)
@@ -111,9 +122,10 @@ def stored_source(results: Path) -> str:
         return store.conn.execute("SELECT source FROM history").fetchone()[0]
 
 
-def test_a_job_killed_by_a_signal_is_a_failed_row_that_says_so(tmp_path):
-    sweep, results = write_sweep(tmp_path), tmp_path / "results"
-    runner = start_runner(sweep, results)
+@LAUNCHERS
+def test_a_job_killed_by_a_signal_is_a_failed_row_that_says_so(tmp_path, launcher):
+    sweep, results = write_sweep(tmp_path, slow=True), tmp_path / "results"
+    runner = start_runner(sweep, results, "--launcher", launcher)
     child = job_pid(runner)
     time.sleep(1.0)
     os.kill(child, signal.SIGKILL)
@@ -125,9 +137,10 @@ def test_a_job_killed_by_a_signal_is_a_failed_row_that_says_so(tmp_path):
     assert json.loads((attempts(results)[0] / "result.json").read_text())["run_id"] == row["run_id"]
 
 
-def test_a_job_past_its_timeout_is_stopped_with_its_process_group(tmp_path):
-    sweep, results = write_sweep(tmp_path), tmp_path / "results"
-    runner = start_runner(sweep, results, "--timeout", "3")
+@LAUNCHERS
+def test_a_job_past_its_timeout_is_stopped_with_its_process_group(tmp_path, launcher):
+    sweep, results = write_sweep(tmp_path, slow=True), tmp_path / "results"
+    runner = start_runner(sweep, results, "--timeout", "3", "--launcher", launcher)
     child = job_pid(runner)
     runner.communicate(timeout=60)
     assert gone(child)
@@ -241,12 +254,14 @@ def test_the_flop_cache_key_changes_with_the_code(tmp_path, monkeypatch):
 def test_the_fingerprint_follows_measuring_code_and_libraries_only(tmp_path):
     from bench.fingerprint import fingerprint
 
-    for rel in ("models/a.py", "bench/measures/m.py", "bench/sweep.py", "conf/c.yaml", "docs/d.md"):
+    for rel in ("models/a.py", "bench/measures/m.py", "bench/sweep.py", "bench/forkserver.py",
+                "bench/evaluate/panoptic.py", "conf/c.yaml", "docs/d.md"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x = 1\n")
     base = fingerprint(tmp_path, {"torch": "2.13.0"})
     assert fingerprint(tmp_path, {"torch": "2.14.0"}) != base
-    (tmp_path / "bench/sweep.py").write_text("x = 2\n")  # moves rows, measures nothing
+    for rel in ("bench/sweep.py", "bench/forkserver.py", "bench/evaluate/panoptic.py"):  # move rows or score
+        (tmp_path / rel).write_text("x = 2\n")
     (tmp_path / "docs/d.md").write_text("changed\n")
     assert fingerprint(tmp_path, {"torch": "2.13.0"}) == base
     for rel in ("models/a.py", "bench/measures/m.py", "conf/c.yaml"):
