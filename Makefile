@@ -3,7 +3,7 @@
 # GPU machine): then nothing is installed.
 SHELL := /bin/bash
 VENV := .venv
-SWEEP ?= default
+SWEEP ?= main
 ARGS ?=
 ifdef PYTHON
 PY := $(PYTHON)
@@ -25,6 +25,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q torch==2.13.0
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+	$(VENV)/bin/python -m pip install -q --no-deps -c constraints.txt panopticapi-lite  # test oracle; pins numpy<2
 	touch $@
 
 test: setup  ## run the CPU test suite (GPU tests are skipped without CUDA)
@@ -57,7 +58,7 @@ wheelhouse:  ## build .whl/: pure-Python wheels for a GPU machine without a pack
 profile: setup  ## per-layer profiler trace and table: make profile ARGS="encoder=proscale input=cityscapes"
 	$(PY) -m bench measure=profile $(ARGS)
 
-sweep: setup  ## run sweep $(SWEEP) (default: default) job by job, resumable, then build its report
+sweep: setup  ## run sweep $(SWEEP) job by job, resumable, then its report (main: default with a GPU, cpu without)
 	$(PY) -m bench.sweep $(SWEEP) $(ARGS) --report
 
 report: setup  ## build report/ from results/results.sqlite (ARGS="report.accuracy=my.csv")

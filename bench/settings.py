@@ -73,7 +73,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "timing.min_iters": (1, None), "timing.max_iters": (1, None), "timing.min_seconds": (0, None),
     "timing.warmup_min_seconds": (0, None), "timing.warmup_max_seconds": (0, None), "timing.warmup_window": (1, None),
     "timing.warmup_tolerance": (1e-9, None), "timing.stage_iters": (0, None), "timing.busy_iters": (0, None),
-    "timing.bootstrap": (0, None),
+    "timing.bootstrap": (0, None), "timing.secondary": (1e-3, 1.0),
     "energy.min_seconds": (1e-3, None), "energy.idle_seconds": (0, None), "energy.cooldown_seconds": (0, None),
     "energy.idle_w": (0, None), "energy.gpu_index": (0, None), "energy.sample_period": (1e-3, None),
     "profile.warmup": (0, None), "profile.active": (1, None),

@@ -33,6 +33,7 @@ class TimingConfig:
     busy_iters: int = 5
     e2e: bool = True
     pixel_decoder_alone: bool = True
+    secondary: float = 0.2  # share of the main loop's iterations and seconds for the alone/e2e timings
     bootstrap: int = 2000
 
 

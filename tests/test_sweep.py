@@ -110,3 +110,26 @@ def test_configurations_that_need_a_gpu_are_skipped_on_cpu_and_the_rest_run(tiny
     assert len(captured.out.splitlines()) == 1 and "eager" in captured.out
     with pytest.raises(SweepError, match="none of its 1 configurations can run on this machine"):
         run_sweep(tiny_sweep, ["encoder=m2f", "mode=cudagraph", "device=cpu"], results)
+
+
+def test_main_is_the_cpu_sweep_without_a_gpu_and_default_with_one(monkeypatch, capsys):
+    import torch
+
+    from bench.sweep import resolve_main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_main("main") == "cpu" and "no GPU" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_main("main") == "default"
+    assert resolve_main("proscale_grid") == "proscale_grid"
+
+
+def test_the_cpu_sweep_times_every_encoder_of_the_default_sweep_on_the_cpu():
+    cpu, default = plan("cpu", []), plan("default", [])
+    assert {j.label.split()[0] for j in cpu} == {j.label.split()[0] for j in default}  # the variants
+    assert len(cpu) == 9 and len({j.config_hash for j in cpu}) == 9
+    for job in cpu:
+        cfg = job.config
+        assert cfg["device"] == "cpu" and cfg["measure"] == ["flops", "memory", "latency"]
+        assert (cfg["input"]["height"], cfg["input"]["width"]) == (256, 512)
+        assert cfg["timing"]["pixel_decoder_alone"] and cfg["timing"]["secondary"] == 1.0

@@ -63,8 +63,10 @@ def latency_columns(model: torch.nn.Module | None, images: torch.Tensor, setting
 
 
 def _short_loop(run: Callable[[], Any], clock: IterationClock, cfg: TimingConfig) -> list[float]:
-    """A secondary timing (a fifth of the main loop's iterations and seconds) after a short warm-up."""
-    short = dataclasses.replace(cfg, min_iters=max(cfg.min_iters // 5, 3), min_seconds=cfg.min_seconds / 5,
-                                warmup_min_seconds=cfg.warmup_min_seconds / 5)
+    """A secondary timing (``timing.secondary`` of the main loop's iterations and seconds, at least 3
+    iterations) after a warm-up shortened by the same share."""
+    share = cfg.secondary
+    short = dataclasses.replace(cfg, min_iters=max(round(cfg.min_iters * share), 3),
+                                min_seconds=cfg.min_seconds * share, warmup_min_seconds=cfg.warmup_min_seconds * share)
     warm_up(run, clock, short)
     return time_loop(run, clock, short)[0]
