@@ -147,7 +147,28 @@ def headline(g: pd.DataFrame, key: dict) -> list[str]:
             if low <= 0 <= high:
                 text += "; at this noise it cannot be ranked against M2F"
         out.append(text + f": a speed conversion of {r['speed_conversion']:.2f}.")
+    tied = overlapping(g)
+    if tied:
+        out.append(f"{where}, these pixel-decoder latencies overlap within their 95 % intervals and cannot be ranked "
+                   "against each other at this noise: " + "; ".join(" ~ ".join(group) for group in tied) + ".")
     return out
+
+
+def overlapping(g: pd.DataFrame, lat: str = "pd_latency_ms") -> list[list[str]]:
+    """Groups of variants (fastest first) whose latency intervals (p50 +- CI half-width) chain into one
+    another; variants without an interval are left out."""
+    ci = g.get(LATENCY_CI.get(lat), pd.Series(math.nan, index=g.index))
+    rows = sorted((float(v), float(c), str(name)) for name, v, c in zip(g["variant"], g[lat], ci, strict=True)
+                  if pd.notna(v) and pd.notna(c))
+    groups: list[list[str]] = []
+    reach = -math.inf
+    for value, half, name in rows:
+        if groups and value - half <= reach:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        reach = max(reach, value + half) if len(groups[-1]) > 1 else value + half
+    return [grp for grp in groups if len(grp) > 1]
 
 
 def base_variant(g: pd.DataFrame) -> str:

@@ -146,3 +146,13 @@ def test_without_latency_the_headline_says_so_with_the_mac_savings(tmp_path):
     build_report(rows, tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "no latency was measured: pixel-decoder MACs fall proscale(3,3,3)+lpe+trc by 52 %" in md
+
+
+def test_variants_whose_intervals_overlap_are_named_as_unrankable():
+    from reports.tables import overlapping
+
+    g = pd.DataFrame({"variant": ["a", "b", "c", "d", "e"], "pd_latency_ms": [10.0, 10.5, 11.2, 20.0, 30.0],
+                      "pd_latency_ci95": [0.3, 0.3, 0.5, 1.0, float("nan")]})
+    # a [9.7, 10.3] meets b [10.2, 10.8], which meets c [10.7, 11.7]: one chain; d stands alone; e has no interval
+    assert overlapping(g) == [["a", "b", "c"]]
+    assert overlapping(g.assign(pd_latency_ci95=0.01)) == []
