@@ -1,0 +1,99 @@
+"""``python -m bench.evaluate``: accuracy on a standard dataset (a Hydra app, config ``conf/evaluate.yaml``).
+
+Scoring mode: ``python -m bench.evaluate predictions=PRED.json data=coco_panoptic data.root=DIR
+[limit=N] [out_dir=DIR]`` scores official-format COCO panoptic predictions with the official
+evaluator's PQ semantics and writes ``metrics.json``. Exit status: 0 ok, 2 bad input (the reason on
+stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from bench.evaluate.datasets import CocoPanoptic, DatasetError, PanopticPredictions, pairs
+from bench.evaluate.panoptic import DEFINITION, PanopticQuality
+
+DATASETS = ("coco_panoptic",)
+
+
+def score_panoptic(cfg: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's content for ``predictions=`` on ``data``."""
+    from tqdm import tqdm
+
+    data = cfg["data"]
+    if data.get("name") not in DATASETS:
+        raise DatasetError(f"scoring panoptic predictions needs data= one of {list(DATASETS)}, got {data.get('name')}")
+    gt = CocoPanoptic.from_config(data)
+    engine = PanopticQuality.from_categories(gt.load()["categories"])
+    preds = PanopticPredictions(Path(cfg["predictions"]))
+    t0 = time.perf_counter()
+    bar = tqdm(pairs(gt, preds, cfg.get("limit")), desc="PQ", unit="img", file=sys.stderr, dynamic_ncols=True)
+    for image_id, (gt_ids, gt_segments), (pred_ids, pred_segments) in bar:
+        try:
+            engine.update(gt_ids, gt_segments, pred_ids, pred_segments, image=image_id)
+        except ValueError as err:
+            raise DatasetError(str(err)) from None
+    seconds = time.perf_counter() - t0
+    result = engine.compute()
+    per_class = result.pop("per_class")
+    images = result.pop("images")
+    return {"panoptic": result, "panoptic_per_class": {str(k): v for k, v in per_class.items()},
+            "images": images, "seconds": seconds, "dataset": data["name"], "split": data.get("split"),
+            "limit": cfg.get("limit"), "predictions": str(Path(cfg["predictions"]).resolve()),
+            "definitions": {"panoptic": DEFINITION}, "versions": versions()}
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("encbench", "numpy", "pillow", "pycocotools"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
+def run(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Validate the request, score, write ``metrics.json``; ``DatasetError`` for bad input."""
+    if cfg.get("checkpoint"):
+        raise DatasetError("checkpoint= evaluation is not available in this version; score a checkpoint's "
+                           "official-format predictions with predictions=PRED.json")
+    if not cfg.get("predictions"):
+        raise DatasetError("nothing to score: give predictions=PRED.json (COCO panoptic results, PNGs in PRED/)")
+    limit = cfg.get("limit")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise DatasetError(f"limit={limit!r} must be a positive integer")
+    metrics = score_panoptic(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    return metrics
+
+
+@hydra.main(config_path="../../conf", config_name="evaluate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    out_dir = Path(plain["out_dir"]) if plain.get("out_dir") else Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = run(plain, out_dir)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    pq = metrics["panoptic"]
+    print(f"PQ {pq['All']['PQ']:.3f}  SQ {pq['All']['SQ']:.3f}  RQ {pq['All']['RQ']:.3f}  "
+          f"(things {pq['Things']['PQ']:.3f}, stuff {pq['Stuff']['PQ']:.3f}; {metrics['images']} images) -> "
+          f"{out_dir / 'metrics.json'}")
+
+
+if __name__ == "__main__":
+    main()
