@@ -63,7 +63,7 @@ def test_bad_sweep_input_is_refused_before_anything_runs(tiny, tmp_path, capsys,
 
 def test_an_unknown_sweep_lists_the_valid_ones(capsys, tmp_path):
     assert sweep_main(["no_such_sweep", "--results", str(tmp_path / "r")]) == 2
-    assert "valid sweeps: batch, default" in capsys.readouterr().err
+    assert "valid sweeps: main, batch, cpu, default" in capsys.readouterr().err
 
 
 def test_a_group_choice_among_fixed_keys_is_refused_with_where_it_belongs(tmp_path, capsys):
