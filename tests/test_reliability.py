@@ -255,12 +255,12 @@ def test_the_fingerprint_follows_measuring_code_and_libraries_only(tmp_path):
     from bench.fingerprint import fingerprint
 
     for rel in ("models/a.py", "bench/measures/m.py", "bench/sweep.py", "bench/forkserver.py",
-                "bench/evaluate/panoptic.py", "conf/c.yaml", "docs/d.md"):
+                "bench/evaluate/panoptic.py", "models/checkpoints.py", "conf/c.yaml", "docs/d.md"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x = 1\n")
     base = fingerprint(tmp_path, {"torch": "2.13.0"})
     assert fingerprint(tmp_path, {"torch": "2.14.0"}) != base
-    for rel in ("bench/sweep.py", "bench/forkserver.py", "bench/evaluate/panoptic.py"):  # move rows or score
+    for rel in ("bench/sweep.py", "bench/forkserver.py", "bench/evaluate/panoptic.py", "models/checkpoints.py"):
         (tmp_path / rel).write_text("x = 2\n")
     (tmp_path / "docs/d.md").write_text("changed\n")
     assert fingerprint(tmp_path, {"torch": "2.13.0"}) == base
