@@ -1,9 +1,10 @@
 """The code fingerprint: a hash of everything that can change a measured number.
 
 It covers the model code (``models/``), the measuring code of ``bench/`` (not the sweep runner or
-the store, which only move rows, nor the accuracy engines), the config tree (``conf/``) and the versions of the libraries
-that count, time or build. Rows carry it as ``code_fingerprint``; the sweep re-measures a stored
-row whose fingerprint differs from the running code's, and the FLOP stage cache keys on it.
+the store, which only move rows, nor the accuracy engines and checkpoint reader), the config tree
+(``conf/``) and the versions of the libraries that count, time or build. Rows carry it as
+``code_fingerprint``; the sweep re-measures a stored row whose fingerprint differs from the running
+code's, and the FLOP stage cache keys on it.
 """
 
 from __future__ import annotations
