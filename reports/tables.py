@@ -74,6 +74,7 @@ def prepare(rows: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
     from bench.row import COLUMNS
 
     df = rows.reindex(columns=list(dict.fromkeys([*COLUMNS, "reference", *rows.columns])))  # missing: NaN
+    df = df.infer_objects()  # a store's all-None columns concatenated with numbers stay objects otherwise
     df = df[df["status"] == "ok"].copy()
     if df.empty:
         return df

@@ -65,3 +65,20 @@ def test_a_run_compares_against_the_reference(tmp_path, capsys):
     assert reports_main(["compare", f"a.results={ref / 'h100' / 'rows.csv'}", f"results={mine}",
                          "a.gpu_name=H100", "b.gpu_name=H100"]) == 0
     assert "4 SAME" in capsys.readouterr().out
+
+
+def test_reference_rows_beside_a_store_whose_rows_lack_their_columns(tmp_path):
+    """A memory-only store (no FLOP or latency columns) beside the shipped rows: the columns the store
+    lacks must not turn the reference's numbers into objects (a stacked figure once failed on that)."""
+    results = tmp_path / "results"
+    with ResultStore(results / "results.sqlite") as store:
+        row = fake_rows().iloc[0].to_dict()
+        keep = {k: None if k.startswith(("gmacs_", "gflops_", "latency_", "fps")) else v for k, v in row.items()}
+        store.add({**keep, "run_id": "m1", "config_hash": "m1", "created_at": "2026-11-01", "sweep": "tiny",
+                   "code_fingerprint": code_fingerprint()})
+    ref = tmp_path / "reference"
+    assert reports_main(["reference", f"results={user_store(tmp_path / 'gpu')}", "reference.name=h100-test",
+                         f"reference.dir={ref}"]) == 0
+    out = tmp_path / "rep"
+    assert reports_main(["build", f"results={results}", f"reference.dir={ref}", f"report.out={out}"]) == 0
+    assert any((out / "figures").glob("stages_gmacs_*h100-test*.png"))
