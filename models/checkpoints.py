@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,8 +168,6 @@ SWIN_NORM = r"^backbone\.norm([0-3])\.(.*)$"
 def d2_names(name: str, value: torch.Tensor) -> list[tuple[str, torch.Tensor]] | None:
     """The encbench name(s) and tensor(s) for one detectron2 tensor; [] for a known-unused one; None
     when no rule applies."""
-    import re
-
     if any(re.search(p, name) for p in DROPPED):
         return []
     m = re.match(QKV, name)
@@ -196,8 +195,6 @@ CLASSES = {133: "coco", 19: "cityscapes", 150: "ade20k"}  # 150: ADE20K semantic
 
 
 def _count(tensors: Mapping[str, torch.Tensor], pattern: str) -> int:
-    import re
-
     return len({m.group(1) for k in tensors for m in [re.match(pattern, k)] if m})
 
 
@@ -303,8 +300,6 @@ def map_checkpoint(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch
 def load_weights(model: torch.nn.Module, ckpt: Checkpoint) -> LoadReport:
     """Fill ``model`` from ``ckpt`` strictly: every tensor used exactly once with its shape checked; a
     mismatch names the key and both shapes."""
-    import re
-
     mapped, dropped = map_checkpoint(ckpt.tensors)
     state = model.state_dict()
     unexpected = sorted(set(mapped) - set(state))

@@ -49,7 +49,8 @@ def perturb(case: str, ids: np.ndarray, segments: list[dict], categories: list[d
         pred[15:, 15:] = ids[:-15, :-15]
     elif case == "split_things":  # the lower half of every thing gets a new id: matches fall below IoU 0.5
         things = {c["id"] for c in categories if c["isthing"]}
-        fresh = iter(i for i in range(1, 1 << 24) if i not in set(np.unique(ids).tolist()))  # ids must fit 24 bits
+        used = set(np.unique(ids).tolist())
+        fresh = iter(i for i in range(1, 1 << 24) if i not in used)  # new ids must fit the PNG's 24 bits
         for s in list(segs):
             if s["category_id"] in things:
                 rows = np.nonzero((pred == s["id"]).any(axis=1))[0]
