@@ -29,8 +29,8 @@ import select
 import signal
 import subprocess
 import sys
-import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -118,6 +118,22 @@ def _child(request: dict[str, Any], server: int) -> None:
             os._exit(code)
 
 
+GRACE_S = 5.0  # SIGTERM -> SIGKILL
+
+
+def terminate_group(pgid: int, ended: Callable[[float], bool], grace: float = GRACE_S) -> bool:
+    """SIGTERM process group ``pgid``, then SIGKILL if ``ended(seconds)`` (wait up to that long for the
+    job to end) says it has not ended after ``grace`` seconds. False: the group was already gone."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return False
+        if ended(wait):
+            return True
+    return True
+
+
 class ServerGone(RuntimeError):
     """The fork server ended (it was killed, or failed to start); its running job died with it."""
 
@@ -159,32 +175,38 @@ class ForkServer:
         if self.proc.poll() is not None:
             self._start()
         _send(self.proc.stdin, {"argv": argv, "env": env, "log": str(log), "cwd": str(self.cwd)})
-        self.pid = self._read(None)["pid"]
+        running = True
         try:
+            self.pid = self._read(None)["pid"]
             done = self._read(timeout)
+            running = False
             if not done:
                 self.stop()
                 return None
-            self.pid = None
             return done["code"]
         finally:
-            if self.pid is not None:  # interrupted: the job must not outlive the runner
-                self.stop()
+            if running:  # interrupted (or timed out): the job must not outlive the runner
+                self._abort()
 
-    def stop(self, grace: float = 5.0) -> None:
+    def _abort(self) -> None:
+        """Stop the running job, also when the server's word of its pid has not been read yet."""
+        if self.proc.poll() is not None:  # the server is gone, and its child with it
+            self.pid = None
+            return
+        if self.pid is None:
+            with contextlib.suppress(ServerGone, ValueError, KeyError):
+                self.pid = self._read(5.0).get("pid")  # sent as soon as the child exists
+        if self.pid is None:  # no word: ending the server ends its child (PR_SET_PDEATHSIG)
+            self.proc.kill()
+            self.proc.wait()
+            return
+        self.stop()
+
+    def stop(self, grace: float = GRACE_S) -> None:
         """SIGTERM the running job's process group, then SIGKILL after ``grace`` seconds."""
         pid, self.pid = self.pid, None
-        if pid is None:
-            return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait
-            if self._read(deadline - time.monotonic()):
-                return
-        self._read(30.0)  # the server's word that the child was reaped
+        if pid is not None and not terminate_group(pid, lambda wait: bool(self._read(wait)), grace):
+            self._read(30.0)  # the server's word that the child was reaped
 
     def close(self) -> None:
         """End the server (it exits when its input closes)."""

@@ -39,13 +39,14 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from bench.forkserver import GRACE_S, terminate_group
+
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "sweeps"
 DEFAULT_RESULTS = REPO / "results"
 LOCK_NAME = ".sweep.lock"
 FAULT_ENV = "ENCBENCH_FAULT_AT"  # tests only: the runner kills itself (SIGKILL) at this named moment
 EXIT_INVALID, EXIT_LOCKED, EXIT_STORE = 2, 3, 4
-GRACE_S = 5.0  # SIGTERM -> SIGKILL grace for a job's process group
 
 
 class SweepError(Exception):
@@ -286,16 +287,14 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
 
 def stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM the job's process group, then SIGKILL after a grace period."""
-    for sig, wait in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, 30.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
+    def ended(wait: float) -> bool:
         try:
             proc.wait(wait)
-            return
+            return True
         except subprocess.TimeoutExpired:
-            continue
+            return False
+
+    terminate_group(proc.pid, ended, GRACE_S)
 
 
 def fault(moment: str) -> None:

@@ -127,3 +127,26 @@ def test_a_dead_server_fails_its_job_with_a_row_and_is_restarted(tmp_path, serve
     assert json.loads((attempt / "result.json").read_text())["run_id"] == row["run_id"]
     code, row = run_tiny(tmp_path, "next", server, "measure=[memory]")
     assert code == 0 and row["status"] == "ok"
+
+
+def test_an_interrupt_before_the_pid_is_read_still_stops_the_job(tmp_path, server, monkeypatch):
+    out = tmp_path / "early"
+    out.mkdir()
+    argv = [*TINY, "measure=[latency]", "timing.min_seconds=120", f"out_dir={out}", f"hydra.run.dir={out}"]
+    real, calls = server._read, []
+
+    def interrupted(timeout):  # the runner's signal arrives while it waits for the server's {"pid"}
+        calls.append(timeout)
+        if len(calls) == 1:
+            time.sleep(1.0)  # the child exists by now
+            raise KeyboardInterrupt
+        return real(timeout)
+
+    monkeypatch.setattr(server, "_read", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        server.run(argv, {}, out / "job.log", 300)
+    monkeypatch.setattr(server, "_read", real)
+    assert server.pid is None and server.proc.poll() is None  # the job was stopped, the server lives on
+    assert not Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+    code, row = run_tiny(tmp_path, "next", server, "measure=[memory]")
+    assert code == 0 and row["status"] == "ok"

@@ -45,9 +45,16 @@ def job_pid(runner: subprocess.Popen, timeout: float = 120.0) -> int:
     """The PID of the job process the runner started (waits for it): the runner's child, or, with the
     fork server, the server's child."""
     deadline = time.monotonic() + timeout
+    own = Path(f"/proc/{runner.pid}/cmdline").read_bytes()
     while time.monotonic() < deadline:
         for kid in children(runner.pid):
-            if b"bench.forkserver" not in Path(f"/proc/{kid}/cmdline").read_bytes():
+            try:
+                cmdline = Path(f"/proc/{kid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline == own:  # forked, not yet exec'd: it could still become the fork server
+                continue
+            if b"bench.forkserver" not in cmdline:
                 return kid
             if children(kid):
                 return children(kid)[0]
