@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE TABLE IF NOT EXISTS results (
     config_hash TEXT PRIMARY KEY, run_id TEXT, status TEXT, sweep TEXT, created_at TEXT, row TEXT);
 CREATE INDEX IF NOT EXISTS history_hash ON history(config_hash);
+CREATE TABLE IF NOT EXISTS accuracy (run_id TEXT PRIMARY KEY, key TEXT, created_at TEXT, row TEXT);
 """
 BACKUPS_KEPT = 5
 
@@ -143,6 +144,24 @@ class ResultStore:
                                   (row["config_hash"], row["run_id"], row.get("status"), row.get("sweep"),
                                    row.get("created_at"), blob))
         return True
+
+    def add_accuracy(self, row: Mapping[str, Any]) -> bool:
+        """Store one measured-accuracy row (``python -m bench.evaluate``); False if this run_id is stored."""
+        if not row.get("run_id") or not row.get("key"):
+            raise ValueError("an accuracy row needs run_id and key")
+        with self.conn:
+            cur = self.conn.execute("INSERT OR IGNORE INTO accuracy VALUES (?, ?, ?, ?)",
+                                    (row["run_id"], row["key"], row.get("created_at"), to_json(row)))
+        return cur.rowcount == 1
+
+    def accuracy(self) -> pd.DataFrame:
+        """The latest measured-accuracy row of each key (every evaluation stays in the table)."""
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "accuracy" not in tables:  # a store written before accuracy rows existed, opened read-only
+            return pd.DataFrame()
+        rows = [json.loads(r[0]) for r in self.conn.execute("SELECT row FROM accuracy ORDER BY created_at, rowid")]
+        frame = pd.DataFrame(rows)
+        return frame.drop_duplicates("key", keep="last").reset_index(drop=True) if len(frame) else frame
 
     def status(self, config_hash: str) -> str | None:
         found = self.conn.execute("SELECT status FROM results WHERE config_hash = ?", (config_hash,)).fetchone()

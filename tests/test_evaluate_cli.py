@@ -84,9 +84,11 @@ def test_ground_truth_as_prediction_scores_100_and_limit_scores_a_subset(coco, t
     (lambda c, p: [f"predictions={p}", f"data.root={c}", "data.split=val2099"],
      "the panoptic ground-truth JSON not found: expected"),
     (lambda c, p: [f"predictions={p.with_name('none.json')}", f"data.root={c}"], "the predictions JSON not found"),
-    (lambda c, p: [f"data.root={c}"], "nothing to score"),
+    (lambda c, p: [f"data.root={c}"], "nothing to evaluate: give checkpoint=PATH"),
     (lambda c, p: [f"predictions={p}", f"data.root={c}", "limit=0"], "limit=0 must be a positive integer"),
-    (lambda c, p: [f"predictions={p}", f"data.root={c}", "checkpoint=model.pkl"], "not available in this version"),
+    (lambda c, p: [f"predictions={p}", f"data.root={c}", "checkpoint=model.pkl"], "give either checkpoint="),
+    (lambda c, p: [f"data.root={c}", "checkpoint=missing.pkl"], "checkpoint not found: missing.pkl"),
+    (lambda c, p: [f"data.root={c}", "checkpoint=random", "precision=fp8"], "precision='fp8': valid choices"),
 ])
 def test_bad_input_is_a_clear_error(coco, tmp_path, make_args, message):
     pred_json, _ = write_predictions(coco, tmp_path, "identical")

@@ -1,9 +1,12 @@
 """``python -m bench.evaluate``: accuracy on a standard dataset (a Hydra app, config ``conf/evaluate.yaml``).
 
-Scoring mode: ``python -m bench.evaluate predictions=PRED.json data=coco_panoptic data.root=DIR
-[limit=N] [out_dir=DIR]`` scores official-format COCO panoptic predictions with the official
-evaluator's PQ semantics and writes ``metrics.json``. Exit status: 0 ok, 2 bad input (the reason on
-stderr).
+Evaluation mode: ``python -m bench.evaluate checkpoint=PATH data=coco_panoptic data.root=DIR [limit=N]
+[device=...] [precision=...] [msda_backend=...] [out_dir=DIR]`` runs an official checkpoint over the
+dataset and writes ``metrics.json``, ``timing.json``, ``load_report.json`` and ``accuracy.json``
+(bench/evaluate/run.py). Scoring mode: ``python -m bench.evaluate predictions=PRED.json
+data=coco_panoptic data.root=DIR [limit=N] [out_dir=DIR]`` scores official-format COCO panoptic
+predictions with the official evaluator's PQ semantics and writes ``metrics.json``. Exit status: 0
+ok, 2 bad input or a checkpoint that does not fit (the reason on stderr).
 """
 
 from __future__ import annotations
@@ -20,16 +23,15 @@ from omegaconf import DictConfig, OmegaConf
 from bench.evaluate.datasets import CocoPanoptic, DatasetError, PanopticPredictions, pairs
 from bench.evaluate.panoptic import DEFINITION, PanopticQuality
 
-DATASETS = ("coco_panoptic",)
-
 
 def score_panoptic(cfg: dict[str, Any]) -> dict[str, Any]:
     """metrics.json's content for ``predictions=`` on ``data``."""
     from tqdm import tqdm
 
     data = cfg["data"]
-    if data.get("name") not in DATASETS:
-        raise DatasetError(f"scoring panoptic predictions needs data= one of {list(DATASETS)}, got {data.get('name')}")
+    if not data.get("panoptic_json"):
+        raise DatasetError(f"scoring panoptic predictions needs a panoptic dataset; data={data.get('name')} has no "
+                           "panoptic ground truth (coco_panoptic, cityscapes and ade20k have)")
     gt = CocoPanoptic.from_config(data)
     engine = PanopticQuality.from_categories(gt.load()["categories"])
     preds = PanopticPredictions(Path(cfg["predictions"]))
@@ -63,36 +65,53 @@ def versions() -> dict[str, str]:
 
 
 def run(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """Validate the request, score, write ``metrics.json``; ``DatasetError`` for bad input."""
-    if cfg.get("checkpoint"):
-        raise DatasetError("checkpoint= evaluation is not available in this version; score a checkpoint's "
-                           "official-format predictions with predictions=PRED.json")
-    if not cfg.get("predictions"):
-        raise DatasetError("nothing to score: give predictions=PRED.json (COCO panoptic results, PNGs in PRED/)")
+    """Validate the request, then score predictions or evaluate a checkpoint; ``DatasetError`` for bad input."""
     limit = cfg.get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise DatasetError(f"limit={limit!r} must be a positive integer")
+    if cfg.get("checkpoint") and cfg.get("predictions"):
+        raise DatasetError("give either checkpoint= (run a model) or predictions= (score its predictions), not both")
+    if cfg.get("checkpoint"):
+        from bench.evaluate.run import evaluate_checkpoint
+
+        return evaluate_checkpoint(cfg, out_dir)
+    if not cfg.get("predictions"):
+        raise DatasetError("nothing to evaluate: give checkpoint=PATH (.pkl/.pth, or random) or "
+                           "predictions=PRED.json (COCO panoptic results, PNGs in PRED/)")
     metrics = score_panoptic(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     return metrics
 
 
+def headline(metrics: dict[str, Any]) -> str:
+    """One line of the main numbers."""
+    parts = []
+    if "panoptic" in metrics:
+        pq = metrics["panoptic"]
+        parts.append(f"PQ {pq['All']['PQ']:.3f}  SQ {pq['All']['SQ']:.3f}  RQ {pq['All']['RQ']:.3f}  "
+                     f"(things {pq['Things']['PQ']:.3f}, stuff {pq['Stuff']['PQ']:.3f})")
+    if "semantic" in metrics:
+        parts.append(f"mIoU {metrics['semantic']['mIoU']:.3f}")
+    if "instance" in metrics:
+        parts.append(f"mask AP {metrics['instance']['AP']:.3f}")
+    return "  ".join(parts) + f"  ({metrics['images']} images)"
+
+
 @hydra.main(config_path="../../conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+
+    from models.checkpoints import CheckpointError
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     out_dir = Path(plain["out_dir"]) if plain.get("out_dir") else Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = run(plain, out_dir)
-    except DatasetError as err:
+    except (DatasetError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    pq = metrics["panoptic"]
-    print(f"PQ {pq['All']['PQ']:.3f}  SQ {pq['All']['SQ']:.3f}  RQ {pq['All']['RQ']:.3f}  "
-          f"(things {pq['Things']['PQ']:.3f}, stuff {pq['Stuff']['PQ']:.3f}; {metrics['images']} images) -> "
-          f"{out_dir / 'metrics.json'}")
+    print(f"{headline(metrics)} -> {out_dir / 'metrics.json'}")
 
 
 if __name__ == "__main__":
