@@ -234,3 +234,53 @@ def test_bad_requests_are_refused_with_the_reason(tmp_path):
 
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         evaluate(tmp_path, checkpoint=str(tmp_path / "missing.pkl"))
+
+
+def data_config(name: str, root: Path) -> dict:
+    """conf/data/<name>.yaml as the evaluate app composes it."""
+    from omegaconf import OmegaConf
+
+    from bench.config import compose
+
+    return OmegaConf.to_container(compose([f"data={name}", f"data.root={root}"], "evaluate"), resolve=True)["data"]
+
+
+def save_png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_cityscapes_semantic_truth_is_train_ids_from_label_ids(tmp_path):
+    from bench.evaluate.panoptic import id2rgb
+
+    stem = "frankfurt_000000_000294"
+    save_png(tmp_path / "leftImg8bit/val/frankfurt" / f"{stem}_leftImg8bit.png", np.zeros((8, 16, 3), np.uint8))
+    label = np.array([[7, 8, 11, 0, 26, 33, 3, 24]] * 8, dtype=np.uint8).repeat(2, axis=1)  # road, sidewalk, ...
+    save_png(tmp_path / "gtFine/val/frankfurt" / f"{stem}_gtFine_labelIds.png", label)
+    pan = np.zeros((8, 16), np.int32)
+    pan[:, :2] = 7
+    save_png(tmp_path / "gtFine/cityscapes_panoptic_val" / f"{stem}_gtFine_panoptic.png", id2rgb(pan))
+    cats = [{"id": i, "name": str(i), "isthing": int(i >= 24)} for i in
+            (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)]
+    (tmp_path / "gtFine/cityscapes_panoptic_val.json").write_text(json.dumps({
+        "images": [{"id": stem, "file_name": f"{stem}_leftImg8bit.png"}], "categories": cats,
+        "annotations": [{"image_id": stem, "file_name": f"{stem}_gtFine_panoptic.png",
+                         "segments_info": [{"id": 7, "category_id": 7, "iscrowd": 0}]}]}))
+    ds = open_dataset(data_config("cityscapes", tmp_path))
+    item = ds[0]
+    assert item["orig_size"] == (8, 16) and item["image"].shape == (1024, 2048, 3)  # short side to 1024
+    assert item["semantic"][0].tolist() == [0, 0, 1, 1, 2, 2, 255, 255, 13, 13, 18, 18, 255, 255, 11, 11]
+    assert ds.categories.thing_classes == list(range(11, 19))  # person .. bicycle: train ids 11-18
+
+
+def test_ade20k_semantic_truth_is_the_annotation_minus_one(tmp_path):
+    base = tmp_path / "ADEChallengeData2016"
+    save_png(base / "images/validation/ADE_val_00000001.jpg", np.zeros((6, 6, 3), np.uint8))
+    save_png(base / "annotations/validation/ADE_val_00000001.png", np.array([[0, 1, 150]] * 6, np.uint8).repeat(2, 1))
+    ds = open_dataset(data_config("ade20k_semantic", tmp_path))
+    item = ds[0]
+    assert ds.records[0]["id"] == "ADE_val_00000001" and len(ds.categories) == 150
+    assert item["semantic"][0].tolist() == [255, 255, 0, 0, 149, 149] and item["image"].shape == (640, 640, 3)
+    assert "panoptic" not in item
