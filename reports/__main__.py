@@ -84,10 +84,11 @@ def run(command: str, opts: dict[str, str]) -> int:
                 raise UsageError(f"cannot write {target}; name a writable folder with export=DIR") from None
             print("wrote " + ", ".join(map(str, paths)))
             return 0
-        rows = store.frame()
+        rows, measured = store.frame(), store.accuracy()
     reference = None if opts.get("report.reference", "true").lower() in ("false", "0", "no") \
         else Path(opts.get("reference.dir", REFERENCE))
-    return build(rows, Path(opts.get("report.out", report_dir(results))), opts.get("report.accuracy"), reference)
+    return build(rows, Path(opts.get("report.out", report_dir(results))), opts.get("report.accuracy"), reference,
+                 measured)
 
 
 def ship_reference(rows, opts: dict[str, str]) -> int:
@@ -104,11 +105,11 @@ def ship_reference(rows, opts: dict[str, str]) -> int:
     return 0
 
 
-def build(rows, out: Path, accuracy: str | None, reference: Path | None = None) -> int:
+def build(rows, out: Path, accuracy: str | None, reference: Path | None = None, measured=None) -> int:
     from reports.build import build_report
 
     try:
-        summary = build_report(rows, out, accuracy, reference)
+        summary = build_report(rows, out, accuracy, reference, measured)
     except PermissionError:
         raise UsageError(f"cannot write the report into {out}; name a writable folder with report.out=DIR") from None
     print(f"report: {out / 'index.html'} ({summary['ok']} measured rows of {summary['rows']}, "

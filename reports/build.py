@@ -1,8 +1,9 @@
 """Build the report from the results store: figures (``reports.figures``), tables (``reports.tables``),
 ``report.md`` and a self-contained ``index.html`` (``reports.render``).
 
-Measured values come from the store; accuracy is *reported* (published, with its source) and is
-joined on (dataset, backbone, variant). A variant without a published accuracy is listed as such.
+Measured values come from the store; accuracy is *measured* where the store holds an evaluation of a
+checkpoint (``python -m bench.evaluate ... results=DIR``), *reported* (published, with its source)
+otherwise, joined on (dataset, backbone, variant). A variant without either is listed as such.
 Each figure is drawn per measurement group (hardware, precision, batch, resolution, dataset,
 backbone) and stamped with it; fronts never mix hardware or precision.
 """
@@ -33,6 +34,7 @@ from reports.tables import (
     headline,
     load_accuracy,
     main_table,
+    measured_table,
     narrow,
     paper_table,
     prepare,
@@ -42,7 +44,7 @@ from reports.tables import (
 
 
 def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str | None = None,
-                 reference: Path | None = None) -> dict[str, Any]:
+                 reference: Path | None = None, measured: pd.DataFrame | None = None) -> dict[str, Any]:
     """Write the report under ``out_dir``; returns what was written. With ``reference`` (a folder of
     ``<name>/rows.csv``), the shipped reference rows join as their own hardware groups."""
     out = Path(out_dir)
@@ -52,12 +54,13 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
     figs, tabs = out / "figures", out / "tables"
     figs.mkdir(parents=True, exist_ok=True)
     tabs.mkdir(parents=True, exist_ok=True)
-    df = prepare(rows, load_accuracy(accuracy))
+    df = prepare(rows, load_accuracy(accuracy, measured))
     sections: list[Section] = []
     summary: dict[str, Any] = {"rows": int(len(rows)), "ok": int(len(df)), "figures": [], "tables": []}
     failed = rows[rows["status"] != "ok"] if len(rows) else rows
     if df.empty:
-        write_report(out, [], ["No successful measurements in the store."], failed)
+        write_report(out, measured_section(measured, tabs, summary), ["No successful measurements in the store."],
+                     failed)
         return summary
     notes = []
     if len(shipped):
@@ -128,6 +131,7 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
         if files:
             sections.append(Section(label.capitalize() + " scaling", files, []))
             summary["figures"] += files
+    sections += measured_section(measured, tabs, summary)
     full = main_table(df)
     sections.append(Section("All measurements (reported accuracy joined; measured costs)", [],
                             [write_table(full, tabs, "main", "Empty columns are left out here; tables/main.csv "
@@ -135,6 +139,16 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
     summary["tables"].append("main")
     write_report(out, sections, notes, failed)
     return summary
+
+
+def measured_section(measured: pd.DataFrame | None, tabs: Path, summary: dict[str, Any]) -> list[Section]:
+    """The table of the store's evaluations (none: no section)."""
+    if measured is None or measured.empty:
+        return []
+    summary["tables"].append("measured_accuracy")
+    return [Section("Measured accuracy (python -m bench.evaluate)", [], [write_table(
+        measured_table(measured), tabs, "measured_accuracy", "Each evaluation of a checkpoint; the change is against "
+        "the same checkpoint's fp32, PyTorch-backend evaluation on the same images.")])]
 
 
 def fast_path_section(df: pd.DataFrame, figs: Path, tabs: Path) -> Section | None:

@@ -43,24 +43,31 @@ def slug(key: dict[str, Any]) -> str:
 
 def pareto_figure(g: pd.DataFrame, x: str, xlabel: str, key: dict, out: Path, name: str, log: bool = False,
                   higher_better: bool = False) -> str | None:
-    """Reported accuracy vs a measured cost, the front as a step line, every point labelled."""
+    """Accuracy (reported, or measured: diamonds) vs a measured cost, the front as a step line, every point
+    labelled."""
     if g[x].isna().all():
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    has = g[g["accuracy_reported"].notna() & g[x].notna()]
+    has = g[g["accuracy"].notna() & g[x].notna()]
     cost = -has[x] if higher_better else has[x]
-    mask = pareto_mask(cost.to_numpy(), has["accuracy_reported"].to_numpy())
-    ax.scatter(has[x][~mask], has["accuracy_reported"][~mask], c="0.6", label="dominated")
-    ax.scatter(has[x][mask], has["accuracy_reported"][mask], c="C3", label="Pareto-optimal", zorder=3)
+    mask = pareto_mask(cost.to_numpy(), has["accuracy"].to_numpy())
+    measured = (has["accuracy_kind"] == "measured").to_numpy()
+    for sel, marker, kind in ((~measured, "o", "reported"), (measured, "D", "measured")):
+        if (sel & ~mask).any():
+            ax.scatter(has[x][sel & ~mask], has["accuracy"][sel & ~mask], c="0.6", marker=marker,
+                       label=f"dominated ({kind} accuracy)")
+        if (sel & mask).any():
+            ax.scatter(has[x][sel & mask], has["accuracy"][sel & mask], c="C3", marker=marker, zorder=3,
+                       label=f"Pareto-optimal ({kind} accuracy)")
     if mask.any():
-        fx, fy = front_steps(cost.to_numpy(), has["accuracy_reported"].to_numpy())
+        fx, fy = front_steps(cost.to_numpy(), has["accuracy"].to_numpy())
         ax.step(-fx if higher_better else fx, fy, where="post", c="C3", lw=1, alpha=0.7)
     for _, r in has.iterrows():
-        ax.annotate(r["variant"], (r[x], r["accuracy_reported"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    missing = g[g["accuracy_reported"].isna() & g[x].notna()]
+        ax.annotate(r["variant"], (r[x], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    missing = g[g["accuracy"].isna() & g[x].notna()]
     if len(missing):
-        y0 = has["accuracy_reported"].min() - 1 if len(has) else 0
-        ax.scatter(missing[x], [y0] * len(missing), marker="x", c="C0", label="no reported accuracy")
+        y0 = has["accuracy"].min() - 1 if len(has) else 0
+        ax.scatter(missing[x], [y0] * len(missing), marker="x", c="C0", label="no accuracy (not published)")
         for _, r in missing.iterrows():
             ax.annotate(r["variant"], (r[x], y0), fontsize=6, rotation=30, xytext=(2, 2), textcoords="offset points")
     if log:
@@ -68,8 +75,9 @@ def pareto_figure(g: pd.DataFrame, x: str, xlabel: str, key: dict, out: Path, na
         for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
             axis(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     metric = has["accuracy_metric"].dropna().iloc[0] if has["accuracy_metric"].notna().any() else "PQ"
+    kinds = " or ".join(k for k, on in (("reported", (~measured).any()), ("measured", measured.any())) if on)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"{metric} (reported)")
+    ax.set_ylabel(f"{metric} ({kinds or 'reported'})")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     stamp(fig, key)

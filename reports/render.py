@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 TEMPLATES = Path(__file__).with_name("templates")
-INTRO = ("Accuracy values are *reported* (published, see `accuracy source`); every other number is *measured* by "
-         "encbench.")
+INTRO = ("Accuracy values are *reported* (published, see `accuracy source`) unless `accuracy kind` says *measured* "
+         "(an evaluation of a checkpoint with `python -m bench.evaluate`, drawn as diamonds); every other number is "
+         "*measured* by encbench.")
 FAILED_COLUMNS = ["status", "variant", "backbone", "dataset", "error"]
 
 

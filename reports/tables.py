@@ -20,14 +20,36 @@ EXECUTION = ["msda_backend", "mode", "precision", "force_fp32"]
 STAGES = ["backbone", "pixel_decoder", "transformer_decoder", "postprocess"]
 
 
-def load_accuracy(path: Path | str | None = None) -> pd.DataFrame:
-    """The published numbers, overridden row by row by a user CSV with the same key columns."""
-    acc = pd.read_csv(ACCURACY, dtype={"variant": str})
+def load_accuracy(path: Path | str | None = None, measured: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Accuracy per (dataset, backbone, variant): a measured row (``python -m bench.evaluate``) first, then a
+    user CSV's, then the published one; ``kind`` says which (measured / reported)."""
+    acc = pd.read_csv(ACCURACY, dtype={"variant": str}).assign(kind="reported")
     if path:
         user = read_user_accuracy(Path(path))
-        user = user.assign(metric=user.get("metric", "PQ"), source=user.get("source", str(path)))
-        acc = pd.concat([user, acc]).drop_duplicates(["dataset", "backbone", "variant"], keep="first")
-    return acc
+        user = user.assign(metric=user.get("metric", "PQ"), source=user.get("source", str(path)), kind="reported")
+        acc = pd.concat([user, acc])
+    if measured is not None and len(measured):
+        acc = pd.concat([measured_accuracy(measured), acc])
+    return acc.drop_duplicates(["dataset", "backbone", "variant"], keep="first")
+
+
+HEADLINE_METRICS = ("PQ", "mIoU", "AP")
+
+
+def measured_accuracy(rows: pd.DataFrame) -> pd.DataFrame:
+    """One accuracy per (dataset, backbone, variant) from the store's evaluations: the fp32 one on the most
+    images (a whole split before a subset), its headline metric (PQ, else mIoU, else AP)."""
+    r = rows.copy()
+    metric = next((m for m in HEADLINE_METRICS if m in r), None)
+    if metric is None:
+        return pd.DataFrame()
+    r["metric"] = [next((m for m in HEADLINE_METRICS if m in r and pd.notna(x[m])), None) for _, x in r.iterrows()]
+    r["value"] = [x[m] if m else math.nan for m, (_, x) in zip(r["metric"], r.iterrows(), strict=True)]
+    r["source"] = [f"measured: {str(x.get('checkpoint_sha256') or x.get('checkpoint'))[:12]}, {x['images']} images, "
+                   f"{x.get('precision')}, encbench evaluate" for _, x in r.iterrows()]
+    r["note"] = "measured"
+    r = r.assign(fp32=r.get("precision", "fp32") == "fp32").sort_values(["fp32", "images"], ascending=False)
+    return r[["dataset", "backbone", "variant", "metric", "value", "note", "source"]].assign(kind="measured")
 
 
 class AccuracyError(ValueError):
@@ -53,6 +75,31 @@ def read_user_accuracy(path: Path) -> pd.DataFrame:
         raise AccuracyError(f"accuracy CSV {path}: column value must be numeric; line(s) "
                          f"{', '.join(str(i + 2) for i in bad.index[:5])} hold {list(bad.astype(str)[:5])}")
     return user.assign(value=values)
+
+
+MEASURED_COLUMNS = {
+    "dataset": "dataset", "backbone": "backbone", "variant": "variant", "checkpoint_short": "checkpoint",
+    "images": "images", "device": "device", "precision": "precision", "msda_backend": "msda backend",
+    "force_fp32": "force_fp32", "PQ": "PQ", "PQ_th": "PQ things", "PQ_st": "PQ stuff", "mIoU": "mIoU", "AP": "AP",
+    "delta_vs_fp32": "Δ headline vs fp32", "compute_s_per_img": "s/img (model)", "device_name": "hardware",
+}
+
+
+def measured_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Every stored evaluation, with the change of its headline metric against the same checkpoint's fp32,
+    PyTorch-backend evaluation on the same images (the accuracy cost of a precision or backend choice)."""
+    t = rows.copy()
+    t["checkpoint_short"] = t["checkpoint_sha256"].fillna(t["checkpoint"]).astype(str).str[:12]
+    metric = next((m for m in HEADLINE_METRICS if m in t), None)
+    t["delta_vs_fp32"] = math.nan
+    if metric:
+        base = t[(t["precision"] == "fp32") & (t["msda_backend"] == "pytorch")]
+        ref = base.drop_duplicates(["checkpoint_short", "data", "images"], keep="last").set_index(
+            ["checkpoint_short", "data", "images"])[metric]
+        keys = list(zip(t["checkpoint_short"], t["data"], t["images"], strict=True))
+        t["delta_vs_fp32"] = [v - ref.get(k, math.nan) for v, k in zip(t[metric], keys, strict=True)]
+    t = t.sort_values(["dataset", "backbone", "variant", "checkpoint_short", "precision"])
+    return t[[c for c in MEASURED_COLUMNS if c in t]].rename(columns=MEASURED_COLUMNS)
 
 
 def code_note(g: pd.DataFrame, current: str | None) -> str:
@@ -90,7 +137,7 @@ def prepare(rows: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
     current = code_version()
     df["stale"] = (df["code_fingerprint"] != current) & df["reference"].isna()
     df["code"] = df["code_fingerprint"].fillna("unknown").astype(str) + np.where(df["stale"], " (stale)", "")
-    acc = accuracy.rename(columns={"value": "accuracy_reported", "metric": "accuracy_metric",
+    acc = accuracy.rename(columns={"value": "accuracy", "metric": "accuracy_metric", "kind": "accuracy_kind",
                                   "source": "accuracy_source", "note": "accuracy_note"})
     return df.merge(acc, how="left", on=["dataset", "backbone", "variant"])
 
@@ -211,7 +258,8 @@ def fast_path_table(g: pd.DataFrame) -> pd.DataFrame:
 
 MAIN_COLUMNS = {
     "variant": "variant", "backbone": "backbone", "dataset": "dataset", "resolution": "resolution", "batch": "batch",
-    "accuracy_reported": "PQ (reported)", "params_total": "params (M)", "params_pixel_decoder": "pixdec params (M)",
+    "accuracy": "accuracy", "accuracy_metric": "metric", "accuracy_kind": "accuracy kind",
+    "params_total": "params (M)", "params_pixel_decoder": "pixdec params (M)",
     "gmacs_total": "G-MACs total", "gmacs_pixel_decoder": "G-MACs pixdec", "gflops_total": "GFLOPs total",
     "latency_ms_p50": "latency p50 (ms)", "latency_ms_p90": "p90 (ms)", "fps": "FPS (measured)",
     "pd_latency_ms": "pixdec (ms)", "gpu_busy_ms": "GPU busy (ms)",
@@ -230,7 +278,7 @@ def main_table(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("params_total", "params_pixel_decoder"):
         if c in t:
             t[c] = t[c] / 1e6
-    t["accuracy_reported"] = t["accuracy_reported"].map(lambda v: "n/a (not published)" if pd.isna(v) else v)
+    t["accuracy"] = t["accuracy"].map(lambda v: "n/a (not published)" if pd.isna(v) else v)
     return t.rename(columns=MAIN_COLUMNS)
 
 
@@ -244,7 +292,8 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     g = df[(df["dataset"] == "cityscapes") & (df["backbone"] == "swin_t") & (df["resolution"] == "1024x2048")]
     if g.empty:
         return pd.DataFrame()
-    cols = {"variant": "variant", "accuracy_reported": "PQ (reported)", "fps_reported": "FPS (reported, GPU n/s)",
+    cols = {"variant": "variant", "accuracy": "PQ", "accuracy_kind": "PQ kind",
+            "fps_reported": "FPS (reported, GPU n/s)",
             "fps": "FPS (measured)", "latency_ms_p50": "latency p50 (ms, measured)",
             "gmacs_pixel_decoder": "pixdec G-MACs (measured)", "gmacs_total": "total G-MACs (measured)",
             "hardware": "hardware", "precision": "precision", "batch": "batch"}

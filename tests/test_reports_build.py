@@ -39,8 +39,8 @@ def fake_rows() -> pd.DataFrame:
 def test_report_joins_reported_accuracy_and_measures_speed_conversion(tmp_path):
     summary = build_report(fake_rows(), tmp_path)
     main = pd.read_csv(tmp_path / "tables" / "main.csv").set_index("variant")
-    assert main.loc["m2f", "PQ (reported)"] == "64.0"
-    assert main.loc["proscale(0,0,1)+lpe+trc", "PQ (reported)"] == "n/a (not published)"  # shown, not dropped
+    assert main.loc["m2f", "accuracy"] == "64.0"
+    assert main.loc["proscale(0,0,1)+lpe+trc", "accuracy"] == "n/a (not published)"  # shown, not dropped
     paper = pd.read_csv(tmp_path / "tables" / "paper_cityscapes.csv").set_index("variant")
     assert paper.loc["proscale(3,3,3)+lpe+trc", "FPS (reported, GPU n/s)"] == 5.71
     assert paper.loc["proscale(3,3,3)+lpe+trc", "FPS (measured)"] == pytest.approx(1000 / 60)
@@ -64,7 +64,7 @@ def test_user_accuracy_overrides_published(tmp_path):
     assert acc.loc[("cityscapes", "swin_t", "rt_m2f(e1)"), "value"] == 59.73  # the rest stays
     build_report(fake_rows(), tmp_path / "r", accuracy=csv)
     main = pd.read_csv(tmp_path / "r" / "tables" / "main.csv").set_index("variant")
-    assert main.loc["m2f", "PQ (reported)"] == "70.5"
+    assert main.loc["m2f", "accuracy"] == "70.5"
     bad = tmp_path / "bad.csv"
     bad.write_text("dataset,variant,value\nx,y,1\n")
     with pytest.raises(ValueError, match="lacks columns \\['backbone'\\]"):
@@ -156,3 +156,32 @@ def test_variants_whose_intervals_overlap_are_named_as_unrankable():
     # a [9.7, 10.3] meets b [10.2, 10.8], which meets c [10.7, 11.7]: one chain; d stands alone; e has no interval
     assert overlapping(g) == [["a", "b", "c"]]
     assert overlapping(g.assign(pd_latency_ci95=0.01)) == []
+
+
+def evaluation(precision: str, pq: float, images: int = 500, **kw) -> dict:
+    """An accuracy row as python -m bench.evaluate stores it."""
+    return {"run_id": f"{precision}-{images}-{pq}", "key": f"abc|cityscapes|val|{images}|cuda|{precision}",
+            "created_at": "2026-11-27T00:00:00", "dataset": "cityscapes", "data": "cityscapes", "split": "val",
+            "images": images, "backbone": "swin_t", "variant": "m2f", "checkpoint": "/w/m2f.pkl",
+            "checkpoint_sha256": "abcdef0123456789", "device": "cuda", "precision": precision,
+            "msda_backend": "pytorch", "force_fp32": True, "PQ": pq, "mIoU": 80.0, **kw}
+
+
+@pytest.mark.slow
+def test_a_measured_accuracy_is_preferred_marked_and_its_precision_cost_tabled(tmp_path):
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        for r in (evaluation("fp32", 62.0, images=20), evaluation("fp32", 63.1), evaluation("bf16", 62.7)):
+            assert store.add_accuracy(r)
+        assert not store.add_accuracy(evaluation("bf16", 62.7))  # the same evaluation is stored once
+        measured = store.accuracy()
+    assert len(measured) == 3
+    summary = build_report(fake_rows(), tmp_path / "r", measured=measured)
+    main = pd.read_csv(tmp_path / "r" / "tables" / "main.csv").set_index("variant")
+    assert main.loc["m2f", "accuracy"] == "63.1" and main.loc["m2f", "accuracy kind"] == "measured"
+    assert "500 images" in main.loc["m2f", "accuracy source"]  # the whole split, fp32, before the subset
+    assert main.loc["proscale(3,3,3)+lpe+trc", "accuracy kind"] == "reported"
+    table = pd.read_csv(tmp_path / "r" / "tables" / "measured_accuracy.csv")
+    bf16 = table[table["precision"] == "bf16"].iloc[0]
+    assert bf16["Δ headline vs fp32"] == pytest.approx(62.7 - 63.1)
+    assert "measured_accuracy" in summary["tables"]
+    assert "drawn as diamonds" in (tmp_path / "r" / "report.md").read_text()

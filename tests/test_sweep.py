@@ -70,7 +70,7 @@ def test_sweep_end_to_end_resume_and_report(tiny_sweep, tmp_path, capsys):
     by_variant = main.set_index("variant")
     gmacs = {r["variant"]: r["gmacs_total"] for r in rows}
     assert by_variant.loc["m2f", "G-MACs total"] == pytest.approx(gmacs["m2f"])
-    assert (by_variant["PQ (reported)"] == "n/a (not published)").all()  # ADE20K R50: no published PQ here
+    assert (by_variant["accuracy"] == "n/a (not published)").all()  # ADE20K R50: no published PQ here
     md = (tmp_path / "report" / "report.md").read_text()
     assert "proscale(1,1,1)+lpe+trc" in md and "No latency or energy was measured" in md
     html = (tmp_path / "report" / "index.html").read_text()
