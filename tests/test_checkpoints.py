@@ -296,3 +296,38 @@ def test_a_wrong_shape_or_class_count_names_the_key_and_both_shapes(tmp_path):
     ckpt.tensors["sem_seg_head.pixel_decoder.unknown.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="match no detectron2 name rule"):
         load_weights(build_model(compose(["backbone=r50", "input=coco"])), ckpt)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone,fmt", [("swin_t", ".safetensors"), ("r50", ".pth")])
+def test_a_transformers_state_dict_loads_and_gives_transformers_outputs(tmp_path, backbone, fmt):
+    hf = hf_model(backbone)
+    path = tmp_path / f"model{fmt}"
+    if fmt == ".safetensors":
+        hf.save_pretrained(tmp_path, safe_serialization=True)
+    else:
+        torch.save(hf.state_dict(), path)
+    ckpt = read_checkpoint(path)
+    assert ckpt.format.startswith("transformers Mask2FormerForUniversalSegmentation")
+    # the same detectron2 names and tensors as the independent inverse of transformers' rules (above)
+    ref = {k: v for k, v in hf_to_d2(hf.state_dict(), decoder_layers=10).items() if not k.startswith("criterion.")}
+    assert sorted(k for k in ckpt.tensors if not k.startswith("criterion.")) == sorted(ref)
+    assert all(torch.equal(ckpt.tensors[k], v) for k, v in ref.items())
+    inferred = infer_config(ckpt.tensors)
+    assert inferred["backbone"] == backbone and inferred["input.num_classes"] == 133
+    model = build_model(compose([f"{k}={v}" for k, v in inferred.items()])).eval()
+    load_weights(model, ckpt)
+    images = torch.rand(1, 3, 96, 128) * 255
+    with torch.no_grad():
+        ours = model(images, postprocess=False)
+        theirs = hf(pixel_values=(images - model.preprocess.pixel_mean) / model.preprocess.pixel_std)
+    assert close(ours["pred_logits"], theirs.class_queries_logits)
+    assert close(ours["pred_masks"], theirs.masks_queries_logits)
+
+
+def test_a_transformers_tensor_no_rule_places_is_named():
+    from models.checkpoints import transformers_to_d2
+
+    with pytest.raises(CheckpointError, match=r"1 transformers tensor\(s\) match no rule, e.g. \['model.extra.w'\]"):
+        transformers_to_d2({"model.pixel_level_module.encoder.embedder.embedder.convolution.weight": torch.zeros(1),
+                            "model.extra.w": torch.zeros(1)})
