@@ -224,6 +224,8 @@ def test_a_synthesized_official_checkpoint_is_evaluated_end_to_end(tmp_path):
 def test_bad_requests_are_refused_with_the_reason(tmp_path):
     with pytest.raises(DatasetError, match="predicts 19 classes but data=coco_panoptic has 133"):
         evaluate(tmp_path, checkpoint="random", model=["backbone=r50", "input=cityscapes"], limit=1)
+    metrics = evaluate(tmp_path, checkpoint="random", model=["backbone=r50"], limit=1, results=str(tmp_path / "res"))
+    assert metrics["checkpoint"] == "random" and not (tmp_path / "res").exists()  # random weights are not stored
     with pytest.raises(DatasetError, match="either checkpoint="):
         evaluate(tmp_path, checkpoint="random", predictions="p.json")
     with pytest.raises(DatasetError, match=r"precision='fp8': valid choices are \['fp32', 'tf32', 'bf16'\]"):

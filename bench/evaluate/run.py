@@ -123,7 +123,10 @@ def evaluate_checkpoint(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     write_json(out_dir / "metrics.json", metrics)
     row = accuracy_row(metrics, timing, data)
     write_json(out_dir / "accuracy.json", row)
-    if cfg.get("results"):
+    if cfg.get("results") and row["checkpoint_sha256"] is None:
+        print("random weights: no accuracy row goes into the store (it would stand for a model's accuracy)",
+              file=sys.stderr)
+    elif cfg.get("results"):
         store_row(Path(cfg["results"]), row)
     return metrics
 
