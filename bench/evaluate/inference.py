@@ -143,7 +143,11 @@ class Clock:
         timed = {k: v[skip:] for k, v in self.phases.items()}
         per = {k: sum(v) / len(v) if v else float("nan") for k, v in timed.items()}
         total = per["data"] + per["compute"] + per["evaluate"]
+        spread = sorted(timed["compute"])
         return {"images": n, "warmup_images": skip, "timed_images": n - skip,
+                "compute_s_min": spread[0] if spread else float("nan"),
+                "compute_s_p50": spread[len(spread) // 2] if spread else float("nan"),
+                "compute_s_max": spread[-1] if spread else float("nan"),
                 "s_per_img": total, "compute_s_per_img": per["compute"], "data_s_per_img": per["data"],
                 "evaluate_s_per_img": per["evaluate"], "fps": 1 / total if total else float("nan"),
                 "compute_fps": 1 / per["compute"] if per["compute"] else float("nan")}
