@@ -36,6 +36,8 @@ CREATE INDEX IF NOT EXISTS history_hash ON history(config_hash);
 CREATE TABLE IF NOT EXISTS accuracy (run_id TEXT PRIMARY KEY, key TEXT, created_at TEXT, row TEXT);
 """
 BACKUPS_KEPT = 5
+ACCURACY_KEYS = ("run_id", "key")
+EVALUATIONS = "evaluations"  # beside the store: one JSON per stored evaluation (what a rebuild reads back)
 
 
 class StoreError(RuntimeError):
@@ -229,14 +231,19 @@ class ResultStore:
         return dest
 
     def export(self, out_dir: Path | str) -> list[Path]:
-        """``results.csv`` and ``results.parquet`` (plus ``history.csv``) in ``out_dir``."""
+        """``results.csv`` and ``results.parquet`` (plus ``history.csv``, and ``accuracy.csv`` when the store
+        holds evaluations) in ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        df, hist = self._flat("results"), self._flat("history")
+        df, hist, acc = self._flat("results"), self._flat("history"), self.accuracy()
         df.to_csv(out / "results.csv", index=False)
         df.to_parquet(out / "results.parquet", index=False)
         hist.to_csv(out / "history.csv", index=False)
-        return [out / "results.csv", out / "results.parquet", out / "history.csv"]
+        written = [out / "results.csv", out / "results.parquet", out / "history.csv"]
+        if len(acc):
+            acc.to_csv(out / "accuracy.csv", index=False)
+            written.append(out / "accuracy.csv")
+        return written
 
 
 def result_files(roots: Iterable[Path | str]) -> list[Path]:
@@ -244,8 +251,12 @@ def result_files(roots: Iterable[Path | str]) -> list[Path]:
     return sorted(p.absolute() for root in roots if Path(root).exists() for p in Path(root).rglob("result.json"))
 
 
-def read_row(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """The row in ``path``, or (None, why it is not one)."""
+RESULT_KEYS = ("run_id", "config_hash", "status")
+
+
+def read_row(path: Path, keys: tuple[str, ...] = RESULT_KEYS) -> tuple[dict[str, Any] | None, str]:
+    """The row in ``path`` (a result row; an accuracy row with ``keys=ACCURACY_KEYS``), or (None, why it
+    is not one)."""
     try:
         row = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -256,9 +267,9 @@ def read_row(path: Path) -> tuple[dict[str, Any] | None, str]:
         return None, f"unreadable ({err.strerror})"
     if not isinstance(row, dict):
         return None, f"a JSON {type(row).__name__}, not a result row"
-    missing = [k for k in ("run_id", "config_hash", "status") if not row.get(k)]
+    missing = [k for k in keys if not row.get(k)]
     if missing:
-        return None, f"not a result row (no {', '.join(missing)})"
+        return None, f"not a{'n accuracy' if keys == ACCURACY_KEYS else ' result'} row (no {', '.join(missing)})"
     return row, ""
 
 
@@ -284,6 +295,12 @@ def rebuild_store(path: Path | str, roots: Iterable[Path | str]) -> tuple[Collec
                 done.added += 1
             else:
                 done.seen += 1
+        for file in sorted((path.parent / EVALUATIONS).glob("*.json")):  # measured-accuracy rows
+            row, reason = read_row(file, ACCURACY_KEYS)
+            if row is None:
+                done.skipped.append((str(file), reason))
+            elif store.add_accuracy(row):
+                done.added += 1
     old = None
     if path.exists():
         old = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -193,8 +193,11 @@ def accuracy_row(metrics: dict[str, Any], timing: dict[str, Any], data: dict[str
 
 
 def store_row(results: Path, row: dict[str, Any]) -> None:
-    from bench.store import ResultStore
+    """The row into ``results/evaluations/<run_id>.json`` first (a rebuilt store reads it back), then the store."""
+    from bench.store import EVALUATIONS, ResultStore
 
+    (results / EVALUATIONS).mkdir(parents=True, exist_ok=True)
+    write_json(results / EVALUATIONS / f"{row['run_id']}.json", row)
     with ResultStore(results / "results.sqlite") as store:
         store.add_accuracy(row)
     print(f"accuracy row stored in {results / 'results.sqlite'}", file=sys.stderr)
