@@ -202,8 +202,9 @@ def test_a_synthesized_official_checkpoint_is_evaluated_end_to_end(tmp_path):
     report = json.loads((out / "load_report.json").read_text())
     assert report["sha256"] == sha256(path) and "backbone=r50" in report["inferred"]
     assert report["dropped"] == ["criterion.empty_weight"] and report["loaded"] > 300
-    assert metrics["model"] == {"backbone": "r50", "encoder": "m2f", "variant": "m2f",
-                                "overrides": report["overrides"]}
+    assert metrics["model"] == {"backbone": "r50", "encoder": "m2f", "variant": "m2f", "overrides": report["overrides"],
+                                "defaults_not_inferable": {"input.object_mask_threshold": 0.8,
+                                                           "input.overlap_threshold": 0.8, "input.topk_per_image": 100}}
     assert metrics["images"] == 2 and metrics["panoptic"]["All"]["n"] > 0 and 0 <= metrics["semantic"]["mIoU"] <= 100
     assert metrics["not_computed"]["instance"].startswith("no instances JSON")
     timing = json.loads((out / "timing.json").read_text())

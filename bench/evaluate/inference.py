@@ -74,9 +74,10 @@ def build(checkpoint: str, user: Sequence[str], input_preset: str, msda_backend:
     overrides, notes = merge_overrides(inferred, [*user, f"msda_backend={msda_backend}"])
     cfg = OmegaConf.to_container(model_config(overrides), resolve=True)
     model = build_model(cfg)
+    composed = OmegaConf.create(cfg)
+    defaults = {k: OmegaConf.select(composed, k) for k in NOT_INFERABLE}
     report: dict[str, Any] = {"inferred": inferred, "yours": list(user), "notes": notes, "overrides": overrides,
-                              "defaults_not_inferable": {k: OmegaConf.select(OmegaConf.create(cfg), k)
-                                                         for k in NOT_INFERABLE}}
+                              "defaults_not_inferable": {k: v for k, v in defaults.items() if v is not None}}
     if ckpt is None:
         report.update(path=RANDOM, sha256=None, format="random weights (seed 0)")
     else:

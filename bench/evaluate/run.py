@@ -69,57 +69,20 @@ def fit(model: Any, dataset: EvalDataset, tasks: list[str]) -> None:
 
 def evaluate_checkpoint(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """The whole evaluation; returns metrics.json's content."""
-    import torch
-
-    from bench.runners import precision_context
-    from models.encoders import variant_name
-
     check(cfg)
     data = cfg["data"]
     dataset = open_dataset(data)
     device = device_of(str(cfg["device"]))
     built = build(str(cfg["checkpoint"]), [str(o) for o in cfg["model"]], str(data["input"]), cfg["msda_backend"])
-    for note in built.report["notes"]:
-        print(f"note: {note}", file=sys.stderr)
-    print(f"model: {' '.join(built.report['overrides'])}", file=sys.stderr)
+    announce(built.report)
     fit(built.model, dataset, list(data.get("tasks", [])))
-    model = built.model.to(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "load_report.json", built.report)
-    raw_categories = _raw_categories(data)
     dump = out_dir / "predictions" if cfg.get("dump_predictions") else None
-    evaluators, skipped = make_evaluators(dataset, data, raw_categories, dump)
-    limit = cfg.get("limit")
-    n = min(limit, len(dataset)) if limit else len(dataset)
-    torch.manual_seed(0)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    clock = run_dataset(model, loader(dataset, limit, cfg["workers"]), evaluators, device,
-                        lambda: precision_context(cfg["precision"], device), cfg["warmup"], n)
-    wall = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    metrics: dict[str, Any] = {}
-    for e in evaluators:
-        metrics.update(e.compute())
-    metric_s = time.perf_counter() - t1
-    timing = {**clock.summary(), "wall_s": wall, "metric_compute_s": metric_s, "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-              "precision": cfg["precision"], "msda_backend": cfg["msda_backend"], "workers": cfg["workers"],
-              "torch_threads": torch.get_num_threads(), **peak_memory(device),
-              "convention": "detectron2 inference_on_dataset: batch 1, warm-up left out, synchronised, "
-                            "post-processing inside the model call; s_per_img = data + compute + evaluate"}
+    evaluators, skipped = make_evaluators(dataset, data, _raw_categories(data), dump)
+    metrics, timing = score(built.model.to(device), dataset, evaluators, device, cfg)
     write_json(out_dir / "timing.json", timing)
-    encoder = built.config["encoder"]
-    metrics.update({
-        "images": n, "limit": limit, "dataset": data["name"], "split": data.get("split"),
-        "checkpoint": built.report.get("path"), "checkpoint_sha256": built.report.get("sha256"),
-        "model": {"backbone": built.config["backbone"]["name"], "encoder": encoder["name"],
-                  "variant": variant_name(encoder), "overrides": built.report["overrides"]},
-        "execution": {"device": str(device), "precision": cfg["precision"], "msda_backend": cfg["msda_backend"],
-                      "force_fp32": encoder.get("force_fp32")},
-        "test_size": {"min_size": data.get("min_size"), "max_size": data.get("max_size")},
-        "not_computed": skipped, "definitions": definitions(evaluators), "versions": versions()})
+    metrics.update(describe(cfg, built, timing["images"], device, evaluators, skipped))
     write_json(out_dir / "metrics.json", metrics)
     row = accuracy_row(metrics, timing, data)
     write_json(out_dir / "accuracy.json", row)
@@ -129,6 +92,63 @@ def evaluate_checkpoint(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     elif cfg.get("results"):
         store_row(Path(cfg["results"]), row)
     return metrics
+
+
+def announce(report: dict[str, Any]) -> None:
+    """What the checkpoint said, what the user said, and what neither could say."""
+    print(f"inferred from the checkpoint: {' '.join(report['inferred'])}", file=sys.stderr)
+    print(f"your overrides: {' '.join(report['yours']) or '(none)'}", file=sys.stderr)
+    for note in report["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    fixed = " ".join(f"{k}={v}" for k, v in report["defaults_not_inferable"].items())
+    print(f"not inferable, used as configured: {fixed}", file=sys.stderr)
+
+
+def score(model: Any, dataset: EvalDataset, evaluators: list[Any], device: Any, cfg: dict[str, Any]
+          ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the dataset through the model and the evaluators: (metrics, timing.json's content)."""
+    import torch
+
+    from bench.runners import precision_context
+
+    limit = cfg.get("limit")
+    n = min(limit, len(dataset)) if limit else len(dataset)
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    clock = run_dataset(model, loader(dataset, limit, cfg["workers"]), evaluators, device,
+                        lambda: precision_context(cfg["precision"], device), cfg["warmup"], n)
+    wall = time.perf_counter() - t0
+    metrics: dict[str, Any] = {}
+    for e in evaluators:
+        metrics.update(e.compute())
+    timing = {**clock.summary(), "wall_s": wall, "metric_compute_s": time.perf_counter() - t0 - wall,
+              "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+              "precision": cfg["precision"], "msda_backend": cfg["msda_backend"], "workers": cfg["workers"],
+              "torch_threads": torch.get_num_threads(), **peak_memory(device),
+              "convention": "detectron2 inference_on_dataset: batch 1, warm-up left out, synchronised, "
+                            "post-processing inside the model call; s_per_img = data + compute + evaluate"}
+    return metrics, timing
+
+
+def describe(cfg: dict[str, Any], built: Any, images: int, device: Any, evaluators: list[Any],
+             skipped: dict[str, str]) -> dict[str, Any]:
+    """metrics.json's account of what was evaluated, how, and by which definitions."""
+    from models.encoders import variant_name
+
+    data, encoder = cfg["data"], built.config["encoder"]
+    return {
+        "images": images, "limit": cfg.get("limit"), "dataset": data["name"], "split": data.get("split"),
+        "checkpoint": built.report.get("path"), "checkpoint_sha256": built.report.get("sha256"),
+        "model": {"backbone": built.config["backbone"]["name"], "encoder": encoder["name"],
+                  "variant": variant_name(encoder), "overrides": built.report["overrides"],
+                  "defaults_not_inferable": built.report["defaults_not_inferable"]},
+        "execution": {"device": str(device), "precision": cfg["precision"], "msda_backend": cfg["msda_backend"],
+                      "force_fp32": encoder.get("force_fp32")},
+        "test_size": {"min_size": data.get("min_size"), "max_size": data.get("max_size")},
+        "not_computed": skipped, "definitions": definitions(evaluators), "versions": versions()}
 
 
 def _raw_categories(data: dict[str, Any]) -> list[dict[str, Any]]:
