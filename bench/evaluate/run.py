@@ -109,6 +109,7 @@ def score(model: Any, dataset: EvalDataset, evaluators: list[Any], device: Any, 
     """Run the dataset through the model and the evaluators: (metrics, timing.json's content)."""
     import torch
 
+    from bench.env import cpu_name
     from bench.runners import precision_context
 
     limit = cfg.get("limit")
@@ -125,7 +126,7 @@ def score(model: Any, dataset: EvalDataset, evaluators: list[Any], device: Any, 
         metrics.update(e.compute())
     timing = {**clock.summary(), "wall_s": wall, "metric_compute_s": time.perf_counter() - t0 - wall,
               "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
               "precision": cfg["precision"], "msda_backend": cfg["msda_backend"], "workers": cfg["workers"],
               "torch_threads": torch.get_num_threads(), **peak_memory(device),
               "convention": "detectron2 inference_on_dataset: batch 1, warm-up left out, synchronised, "
@@ -157,18 +158,6 @@ def _raw_categories(data: dict[str, Any]) -> list[dict[str, Any]]:
     if not data.get("panoptic_json"):
         return []
     return read_json(Path(data["panoptic_json"]), "the panoptic ground-truth JSON", ("categories",))["categories"]
-
-
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def definitions(evaluators: list[Any]) -> dict[str, str]:
