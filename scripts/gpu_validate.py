@@ -16,6 +16,9 @@ writes each result the moment it has it, so a run cut short keeps everything it 
 4. ``transformers``: transformers' Mask2Former and ours, same run, same input.
 5. ``core_table``: the MSDA core at Cityscapes and COCO shapes, pytorch vs triton.
 6. ``extras`` (if time remains): compile mode, batch 8, COCO size.
+7. ``evaluate`` (if time remains): ``python -m bench.evaluate``'s path on the GPU (random weights, R50,
+   synthetic COCO-size images), fp32 and bf16: seconds per image of the model with post-processing
+   and of the metric engines.
 
 Outputs under ``--out``: ``summary.json`` (rewritten after every step), one JSON per step,
 ``core.csv``, ``baseline.json``, the job directories and ``results/results.sqlite``; Triton's and
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("environment", "correctness", "jobs", "transformers", "core_table", "extras")
+STEPS = ("environment", "correctness", "jobs", "transformers", "core_table", "extras", "evaluate")
 # one fixed kernel configuration: a cold run compiles one variant per (levels, dtypes) instead of three
 TRITON_CONFIG = "32x4"
 TRANSFORMERS_PD_MS_H100 = 39.3  # transformers' fp32 eager Swin-T pixel decoder at 1024x2048 on an H100
@@ -362,6 +365,62 @@ def core_table(v: Validation) -> dict:
     return {"rows": rows, "peak_gbs": ceilings["peak_gbs"]}
 
 
+# ---------------------------------------------------------------- 7. checkpoint evaluation
+def synthetic_coco(root: Path, n: int, size: tuple[int, int]) -> Path:
+    """A COCO panoptic layout of ``n`` random images (133 categories, four rectangular segments each):
+    the evaluation pipeline's input where no dataset is at hand (accuracy is meaningless here)."""
+    import numpy as np
+    from PIL import Image
+
+    from bench.evaluate.panoptic import id2rgb
+
+    h, w = size
+    for d in ("val2017", "panoptic_val2017", "annotations"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images, anns = [], []
+    for i in range(1, n + 1):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "val2017" / f"{i:012d}.jpg")
+        ids = np.zeros((h, w), np.int32)
+        segments = []
+        for k, (cat, box) in enumerate(((1, (0, 0)), (3, (0, 1)), (100, (1, 0)), (120, (1, 1))), start=1):
+            ids[box[0] * h // 2:(box[0] + 1) * h // 2, box[1] * w // 2:(box[1] + 1) * w // 2] = k
+            segments.append({"id": k, "category_id": cat, "iscrowd": 0, "area": int((ids == k).sum())})
+        Image.fromarray(id2rgb(ids)).save(root / "panoptic_val2017" / f"{i:012d}.png")
+        images.append({"id": i, "file_name": f"{i:012d}.jpg", "height": h, "width": w})
+        anns.append({"image_id": i, "file_name": f"{i:012d}.png", "segments_info": segments})
+    cats = [{"id": c, "name": f"c{c}", "isthing": int(c <= 80)} for c in range(1, 134)]
+    (root / "annotations" / "panoptic_val2017.json").write_text(
+        json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return root
+
+
+def evaluate(v: Validation) -> dict:
+    """python -m bench.evaluate's path on this device (random weights, R50, synthetic COCO-size images):
+    per-image time of the model with post-processing and of the metric engines, fp32 and bf16."""
+    from omegaconf import OmegaConf
+
+    from bench.config import compose
+    from bench.evaluate.__main__ import run
+
+    root = synthetic_coco(v.out / "eval_data", 2 if v.smoke else 6, (48, 64) if v.smoke else (480, 640))
+    data = OmegaConf.to_container(compose(["data=coco_panoptic", f"data.root={root}"]
+                                          + (["data.min_size=0"] if v.smoke else []), "evaluate"), resolve=True)["data"]
+    out = {}
+    for precision in ("fp32", "bf16"):
+        cfg = {"checkpoint": "random", "predictions": None, "model": ["backbone=r50"], "data": data, "limit": None,
+               "device": v.device.type, "precision": precision, "msda_backend": "pytorch", "workers": 2, "warmup": 1,
+               "dump_predictions": False, "results": None}
+        metrics = run(cfg, v.out / f"evaluate_{precision}")
+        timing = json.loads((v.out / f"evaluate_{precision}" / "timing.json").read_text())
+        out[precision] = {"images": metrics["images"], **{k: timing[k] for k in (
+            "timed_images", "s_per_img", "compute_s_per_img", "compute_s_min", "compute_s_max", "evaluate_s_per_img",
+            "data_s_per_img", "metric_compute_s", "peak_memory_mb", "device_name")}}
+        v.summary["evaluate"] = out
+        v.write()
+    return out
+
+
 # ---------------------------------------------------------------- the summary
 def ratios(summary: dict) -> dict[str, Any]:
     """The numbers a first visit must bring back, as ratios within this run."""
@@ -488,11 +547,13 @@ def main(argv: list[str] | None = None) -> dict:
     v.summary.update(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), deadline_s=args.deadline, smoke=args.smoke,
                      commit=_commit())
     # seconds a step needs to start (the job steps report stored rows at once, and check time per job)
-    needs = {"environment": 5, "correctness": 20, "jobs": 1, "transformers": 25, "core_table": 15, "extras": 1}
+    needs = {"environment": 5, "correctness": 20, "jobs": 1, "transformers": 25, "core_table": 15, "extras": 1,
+             "evaluate": 40}
     job_s = 20 if args.smoke else 30
     fns = {"environment": environment, "correctness": correctness,
            "jobs": lambda v: run_jobs(v, job_overrides(v), job_s), "transformers": transformers_baseline,
-           "core_table": core_table, "extras": lambda v: run_jobs(v, extra_overrides(v), 1.5 * job_s)}
+           "core_table": core_table, "extras": lambda v: run_jobs(v, extra_overrides(v), 1.5 * job_s),
+           "evaluate": evaluate}
     for name in STEPS:
         if name in args.steps:
             v.step(name, fns[name], needs[name])

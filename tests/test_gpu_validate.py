@@ -75,3 +75,13 @@ def test_ratios_from_rows():
     assert r["repeat_p50_spread"] == pytest.approx(4 / 82)
     assert r["m2f_vs_transformers_latency"] == pytest.approx(0.8)
     assert r["fastest_m2f_pixel_decoder_vs_transformers"]["speedup"] == pytest.approx(5.0)
+
+
+def test_rehearsal_of_the_evaluation_step(tmp_path):
+    summary = gpu_validate.main(["--smoke", "--out", str(tmp_path), "--steps", "evaluate"])
+    assert summary["steps"]["evaluate"]["status"] == "ok", summary.get("evaluate")
+    for precision in ("fp32", "bf16"):
+        row = summary["evaluate"][precision]
+        assert row["images"] == 2 and row["timed_images"] == 1 and row["compute_s_per_img"] > 0
+    metrics = json.loads((tmp_path / "evaluate_fp32" / "metrics.json").read_text())
+    assert metrics["panoptic"]["All"]["n"] > 0 and metrics["execution"]["device"] == "cpu"
