@@ -18,7 +18,7 @@ class DatasetError(ValueError):
     """A dataset or prediction folder is missing or malformed; the message names the expected path."""
 
 
-def _need(path: Path, what: str, hint: str = "") -> Path:
+def need_path(path: Path, what: str, hint: str = "") -> Path:
     if not path.exists():
         raise DatasetError(f"{what} not found: expected {path}" + (f" ({hint})" if hint else ""))
     return path
@@ -26,7 +26,7 @@ def _need(path: Path, what: str, hint: str = "") -> Path:
 
 def read_json(path: Path, what: str, keys: tuple[str, ...]) -> dict[str, Any]:
     """A JSON object with ``keys``; a clear error when it is missing, not JSON, or lacks one."""
-    _need(path, what)
+    need_path(path, what)
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -41,7 +41,7 @@ def read_ids(path: Path, what: str) -> np.ndarray:
     """The segment-id map of a COCO panoptic PNG."""
     from PIL import Image
 
-    _need(path, what)
+    need_path(path, what)
     with Image.open(path) as im:
         if im.mode != "RGB":
             raise DatasetError(f"{what} {path} is {im.mode}, not an RGB panoptic PNG")
@@ -62,12 +62,12 @@ class CocoPanoptic:
         if not data.get("root"):
             raise DatasetError("data.root is not set: give the dataset folder, e.g. data.root=datasets/coco "
                                "(with val2017/, annotations/panoptic_val2017.json and panoptic_val2017/)")
-        _need(Path(data["root"]), "the dataset folder (data.root)")
+        need_path(Path(data["root"]), "the dataset folder (data.root)")
         return cls(Path(data["panoptic_json"]), Path(data["panoptic_dir"]), Path(data["images"]))
 
     def load(self) -> dict[str, Any]:
         gt = read_json(self.panoptic_json, "the panoptic ground-truth JSON", ("annotations", "categories"))
-        _need(self.panoptic_dir, "the panoptic ground-truth PNG folder")
+        need_path(self.panoptic_dir, "the panoptic ground-truth PNG folder")
         self.by_image = {a["image_id"]: a for a in gt["annotations"]}
         return gt
 
@@ -86,7 +86,7 @@ class PanopticPredictions:
     def load(self) -> list[dict[str, Any]]:
         data = read_json(self.json_path, "the predictions JSON", ("annotations",))
         self.folder = self.json_path.with_suffix("")
-        _need(self.folder, "the predictions' PNG folder", "panopticapi's convention: PRED.json beside PRED/")
+        need_path(self.folder, "the predictions' PNG folder", "panopticapi's convention: PRED.json beside PRED/")
         return sorted(data["annotations"], key=lambda a: a["image_id"])
 
     def prediction(self, ann: Mapping[str, Any]) -> tuple[np.ndarray, list[dict[str, Any]]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.evaluate.datasets import DatasetError, _need, read_ids, read_json
+from bench.evaluate.datasets import DatasetError, need_path, read_ids, read_json
 
 IGNORE = 255
 SEMANTIC_SOURCES = ("panoptic", "labelids", "ade", "none")
@@ -51,7 +51,7 @@ def read_rgb(path: Path) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB (EXIF orientation is not applied, as detectron2's COCO readers)."""
     from PIL import Image
 
-    _need(path, "the image")
+    need_path(path, "the image")
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
 
@@ -153,7 +153,7 @@ class EvalDataset:
 def _read_label(path: Path) -> np.ndarray:
     from PIL import Image
 
-    _need(path, "the semantic ground-truth PNG")
+    need_path(path, "the semantic ground-truth PNG")
     with Image.open(path) as im:
         return np.asarray(im)
 
@@ -163,14 +163,14 @@ def open_dataset(data: Mapping[str, Any]) -> EvalDataset:
     if not data.get("root"):
         raise DatasetError(f"data.root is not set: give the dataset folder, e.g. data.root=datasets/ "
                            f"({data.get('layout', 'see docs/accuracy.md for the layout')})")
-    _need(Path(data["root"]), "the dataset folder (data.root)")
+    need_path(Path(data["root"]), "the dataset folder (data.root)")
     semantic = data.get("semantic", "none")
     if semantic not in SEMANTIC_SOURCES:
         raise DatasetError(f"data.semantic={semantic!r}: valid choices are {list(SEMANTIC_SOURCES)}")
-    images_dir = _need(Path(data["images"]), "the image folder (data.images)")
+    images_dir = need_path(Path(data["images"]), "the image folder (data.images)")
     if data.get("panoptic_json"):
         records, categories = _panoptic_records(Path(data["panoptic_json"]))
-        panoptic_dir = _need(Path(data["panoptic_dir"]), "the panoptic ground-truth PNG folder (data.panoptic_dir)")
+        panoptic_dir = need_path(Path(data["panoptic_dir"]), "the panoptic ground-truth PNG folder (data.panoptic_dir)")
     else:
         records = [{"id": p.stem, "file_name": p.name} for p in sorted(images_dir.glob("*.jpg"))]
         if not records:
@@ -180,7 +180,9 @@ def open_dataset(data: Mapping[str, Any]) -> EvalDataset:
             raise DatasetError("data.semantic=panoptic needs data.panoptic_json")
     semantic_dir = Path(data["semantic_dir"]) if data.get("semantic_dir") else None
     if semantic in ("labelids", "ade"):
-        _need(semantic_dir or Path("data.semantic_dir"), "the semantic ground-truth folder (data.semantic_dir)")
+        if semantic_dir is None:
+            raise DatasetError(f"data.semantic={semantic} needs data.semantic_dir (the semantic ground-truth folder)")
+        need_path(semantic_dir, "the semantic ground-truth folder (data.semantic_dir)")
     return EvalDataset(str(data["name"]), images_dir, records, categories, panoptic_dir, semantic, semantic_dir,
                        int(data.get("min_size", 0)), int(data.get("max_size", 0)), bool(data.get("images_by_city")))
 
