@@ -11,7 +11,6 @@ ok, 2 bad input or a checkpoint that does not fit (the reason on stderr).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bench.evaluate.datasets import CocoPanoptic, DatasetError, PanopticPredictions, pairs
+from bench.evaluate.evaluators import versions
+from bench.evaluate.inference import write_json
 from bench.evaluate.panoptic import DEFINITION, PanopticQuality
 
 
@@ -52,18 +53,6 @@ def score_panoptic(cfg: dict[str, Any]) -> dict[str, Any]:
             "definitions": {"panoptic": DEFINITION}, "versions": versions()}
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("encbench", "numpy", "pillow", "pycocotools"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "-"
-    return out
-
-
 def run(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """Validate the request, then score predictions or evaluate a checkpoint; ``DatasetError`` for bad input."""
     limit = cfg.get("limit")
@@ -80,7 +69,7 @@ def run(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                            "predictions=PRED.json (COCO panoptic results, PNGs in PRED/)")
     metrics = score_panoptic(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 

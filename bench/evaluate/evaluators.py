@@ -116,3 +116,16 @@ class InstanceEvaluator:
               "annotations": [a for a in self.gt["annotations"] if a["image_id"] in seen],
               "categories": self.gt["categories"]}
         return {"instance": instance.mask_ap(gt, self.detections)}
+
+
+def versions() -> dict[str, str]:
+    """The versions of the packages behind the numbers (absent: "-")."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("encbench", "numpy", "pillow", "pycocotools"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "-"
+    return out

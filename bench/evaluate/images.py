@@ -10,7 +10,7 @@ truth: the panoptic id map and segments, and a semantic label map (contiguous cl
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +103,7 @@ class EvalDataset:
     min_size: int
     max_size: int
     images_by_city: bool = False
+    raw_categories: list[dict[str, Any]] = field(default_factory=list)  # as the panoptic JSON lists them
 
     def __len__(self) -> int:
         return len(self.records)
@@ -168,8 +169,10 @@ def open_dataset(data: Mapping[str, Any]) -> EvalDataset:
     if semantic not in SEMANTIC_SOURCES:
         raise DatasetError(f"data.semantic={semantic!r}: valid choices are {list(SEMANTIC_SOURCES)}")
     images_dir = need_path(Path(data["images"]), "the image folder (data.images)")
+    raw_categories: list[dict[str, Any]] = []
     if data.get("panoptic_json"):
-        records, categories = _panoptic_records(Path(data["panoptic_json"]))
+        records, raw_categories = _panoptic_records(Path(data["panoptic_json"]))
+        categories = Categories.from_json(raw_categories)
         panoptic_dir = need_path(Path(data["panoptic_dir"]), "the panoptic ground-truth PNG folder (data.panoptic_dir)")
     else:
         records = [{"id": p.stem, "file_name": p.name} for p in sorted(images_dir.glob("*.jpg"))]
@@ -184,11 +187,12 @@ def open_dataset(data: Mapping[str, Any]) -> EvalDataset:
             raise DatasetError(f"data.semantic={semantic} needs data.semantic_dir (the semantic ground-truth folder)")
         need_path(semantic_dir, "the semantic ground-truth folder (data.semantic_dir)")
     return EvalDataset(str(data["name"]), images_dir, records, categories, panoptic_dir, semantic, semantic_dir,
-                       int(data.get("min_size", 0)), int(data.get("max_size", 0)), bool(data.get("images_by_city")))
+                       int(data.get("min_size", 0)), int(data.get("max_size", 0)), bool(data.get("images_by_city")),
+                       raw_categories)
 
 
-def _panoptic_records(path: Path) -> tuple[list[dict[str, Any]], Categories]:
-    """The images of a COCO-format panoptic JSON, each with its annotation, in image-id order."""
+def _panoptic_records(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The images of a COCO-format panoptic JSON, each with its annotation, in image-id order; its categories."""
     gt = read_json(path, "the panoptic ground-truth JSON", ("images", "annotations", "categories"))
     by_image = {a["image_id"]: a for a in gt["annotations"]}
     records = []
@@ -196,7 +200,7 @@ def _panoptic_records(path: Path) -> tuple[list[dict[str, Any]], Categories]:
         if img["id"] not in by_image:
             raise DatasetError(f"{path}: image {img['id']} has no annotation")
         records.append({"id": img["id"], "file_name": img["file_name"], "panoptic": by_image[img["id"]]})
-    return records, Categories.from_json(gt["categories"])
+    return records, gt["categories"]
 
 
 def id_key(image_id: Any) -> tuple[int, Any]:

@@ -72,9 +72,9 @@ def build(checkpoint: str, user: Sequence[str], input_preset: str, msda_backend:
         ckpt = read_checkpoint(checkpoint)
         inferred = as_overrides(infer_config(ckpt.tensors))
     overrides, notes = merge_overrides(inferred, [*user, f"msda_backend={msda_backend}"])
-    cfg = OmegaConf.to_container(model_config(overrides), resolve=True)
+    composed = model_config(overrides)
+    cfg = OmegaConf.to_container(composed, resolve=True)
     model = build_model(cfg)
-    composed = OmegaConf.create(cfg)
     defaults = {k: OmegaConf.select(composed, k) for k in NOT_INFERABLE}
     report: dict[str, Any] = {"inferred": inferred, "yours": list(user), "notes": notes, "overrides": overrides,
                               "defaults_not_inferable": {k: v for k, v in defaults.items() if v is not None}}

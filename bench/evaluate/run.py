@@ -32,13 +32,13 @@ def check(cfg: dict[str, Any]) -> None:
                            "'model=[\"encoder.residual=true\"]'")
 
 
-def make_evaluators(dataset: EvalDataset, data: dict[str, Any], raw_categories: list, dump: Path | None
+def make_evaluators(dataset: EvalDataset, data: dict[str, Any], dump: Path | None
                     ) -> tuple[list[Any], dict[str, str]]:
     """The evaluators of the dataset's tasks, and the tasks skipped with the reason."""
     out, skipped = [], {}
     for task in data.get("tasks", []):
         if task == "panoptic":
-            out.append(ev.PanopticEvaluator(dataset.categories, raw_categories, dump))
+            out.append(ev.PanopticEvaluator(dataset.categories, dataset.raw_categories, dump))
         elif task == "semantic":
             out.append(ev.SemanticEvaluator(dataset.categories))
         elif task == "instance":
@@ -79,7 +79,7 @@ def evaluate_checkpoint(cfg: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "load_report.json", built.report)
     dump = out_dir / "predictions" if cfg.get("dump_predictions") else None
-    evaluators, skipped = make_evaluators(dataset, data, _raw_categories(data), dump)
+    evaluators, skipped = make_evaluators(dataset, data, dump)
     metrics, timing = score(built.model.to(device), dataset, evaluators, device, cfg)
     write_json(out_dir / "timing.json", timing)
     metrics.update(describe(cfg, built, timing["images"], device, evaluators, skipped))
@@ -149,15 +149,7 @@ def describe(cfg: dict[str, Any], built: Any, images: int, device: Any, evaluato
         "execution": {"device": str(device), "precision": cfg["precision"], "msda_backend": cfg["msda_backend"],
                       "force_fp32": encoder.get("force_fp32")},
         "test_size": {"min_size": data.get("min_size"), "max_size": data.get("max_size")},
-        "not_computed": skipped, "definitions": definitions(evaluators), "versions": versions()}
-
-
-def _raw_categories(data: dict[str, Any]) -> list[dict[str, Any]]:
-    from bench.evaluate.datasets import read_json
-
-    if not data.get("panoptic_json"):
-        return []
-    return read_json(Path(data["panoptic_json"]), "the panoptic ground-truth JSON", ("categories",))["categories"]
+        "not_computed": skipped, "definitions": definitions(evaluators), "versions": ev.versions()}
 
 
 def definitions(evaluators: list[Any]) -> dict[str, str]:
@@ -165,12 +157,6 @@ def definitions(evaluators: list[Any]) -> dict[str, str]:
 
     known = {"panoptic": panoptic.DEFINITION, "semantic": semantic.DEFINITION}
     return {e.task: known.get(e.task) or instance.definition() for e in evaluators}
-
-
-def versions() -> dict[str, str]:
-    from bench.evaluate.__main__ import versions as package_versions
-
-    return package_versions()
 
 
 HEADLINE = {"panoptic": ("PQ", lambda m: m["panoptic"]["All"]["PQ"]),
