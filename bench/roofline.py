@@ -113,11 +113,13 @@ def roofline_table(flops: Mapping[str, float], nbytes: Mapping[str, int], times_
 
 
 def msda_floors(n: int, n_queries: int, n_values: int, heads: int, channels: int, levels: int, points: int,
-                element_size: int = 4, peak_gbs: float | None = None) -> dict[str, float]:
-    """Analytic MSDA-core floors: DRAM bytes (each tensor once) and L2-gathered bytes (4 taps per sample)."""
+                element_size: int = 4, peak_gbs: float | None = None, sample_size: int = 4) -> dict[str, float]:
+    """Analytic MSDA-core floors: DRAM bytes (each tensor once) and L2-gathered bytes (4 taps per sample).
+    ``element_size`` is the value's (and output's) bytes per element; ``sample_size`` the locations' and
+    weights' (fp32 under autocast, whatever the value's precision)."""
     samples = n * n_queries * heads * levels * points
     dram = (n * n_values * heads * channels * element_size  # value read
-            + samples * 3 * element_size                    # locations (x, y) and weights read
+            + samples * 3 * sample_size                     # locations (x, y) and weights read
             + n * n_queries * heads * channels * element_size)  # output written
     gathered = 4 * samples * channels * element_size
     out = {"dram_mb": dram / 1e6, "gathered_mb": gathered / 1e6}

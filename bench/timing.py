@@ -9,6 +9,7 @@ and ``min_seconds`` are timed.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -35,6 +36,15 @@ class TimingConfig:
     pixel_decoder_alone: bool = True
     secondary: float = 0.2  # share of the main loop's iterations and seconds for the alone/e2e timings
     bootstrap: int = 2000
+
+
+def shortened(cfg: TimingConfig, share: float) -> TimingConfig:
+    """``cfg`` for a secondary timing: ``share`` of the main loop's iterations (at least 3) and seconds,
+    and a warm-up whose minimum and cap shrink by the same share (the cap never below the minimum)."""
+    warm_min = cfg.warmup_min_seconds * share
+    return dataclasses.replace(cfg, min_iters=max(round(cfg.min_iters * share), 3),
+                               min_seconds=cfg.min_seconds * share, warmup_min_seconds=warm_min,
+                               warmup_max_seconds=max(cfg.warmup_max_seconds * share, warm_min))
 
 
 class IterationClock:

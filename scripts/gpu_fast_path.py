@@ -99,7 +99,8 @@ def core_rows(device: torch.device, shapes_names: list[str], iters: int, peak_gb
         ref = msda_core(value, shapes, loc, w, backend="pytorch")
         for dt_name, dt in (dtypes or DTYPES).items():
             same_inputs = msda_core(value.to(dt).float(), shapes, loc, w, backend="pytorch")
-            floors = msda_floors(1, s, s, m, d, lvl, p, torch.tensor([], dtype=dt).element_size(), peak_gbs)
+            floors = msda_floors(1, s, s, m, d, lvl, p, torch.tensor([], dtype=dt).element_size(), peak_gbs,
+                                 sample_size=loc.element_size())  # locations and weights stay fp32
             for backend in ("pytorch", "triton"):
                 out = core_call(value, shapes, loc, w, backend, dt)
                 args = (value, shapes, loc, w, backend, dt)

@@ -5,26 +5,27 @@ writes each result the moment it has it, so a run cut short keeps everything it 
 
 1. ``environment``: GPU name and UUID, driver, torch/CUDA/Triton versions, clocks, power limit, the
    idle board power (measured before any load) and the NVML energy counter's update period.
-2. ``correctness``: the triton MSDA core against the pytorch core (one shape per level count, fp32
-   and a bf16 value as the model passes it), CUDA-graph replay against eager, whole models across
-   backends, FLOP counts on CPU and GPU.
-3. ``jobs``: result rows through the real job (``python -m bench``, each in a fresh process, short
-   timing settings), Swin-T 1024x2048 batch 1, into a results store (a re-run resumes): fp32 eager
-   M2F (with energy), M2F again (repeat spread), PRO-SCALE (3,3,3)+LPE (with energy), both in the
-   fastest configuration (triton, CUDA graph, bf16 pixel decoder), then PRO-SCALE (1,1,1)+LPE,
-   Lite-M2F and RT-M2F.
-4. ``transformers``: transformers' Mask2Former and ours, same run, same input.
+2. ``correctness`` (``scripts.gpu_checks``): the triton MSDA core against the pytorch core, CUDA-graph
+   replay against eager, whole models across backends, FLOP counts on CPU and GPU; both sides of every
+   equality under the same precision settings.
+3. ``transformers``: transformers' Mask2Former and ours, same run, same input.
+4. ``jobs``: the headline rows through the real job (``python -m bench``, each in a fresh process, short
+   timing settings), Swin-T 1024x2048 batch 1, into a results store (a re-run resumes): fp32 eager M2F
+   and PRO-SCALE (3,3,3)+LPE with energy, both in the fastest configuration (triton, CUDA graph, bf16
+   pixel decoder), M2F again (repeat spread).
 5. ``core_table``: the MSDA core at Cityscapes and COCO shapes, pytorch vs triton.
-6. ``extras`` (if time remains): compile mode, batch 8, COCO size.
-7. ``evaluate`` (if time remains): ``python -m bench.evaluate``'s path on the GPU (random weights, R50,
+6. ``more_jobs``: PRO-SCALE (1,1,1)+LPE, Lite-M2F and RT-M2F, for the reference rows.
+7. ``extras`` (if time remains): compile mode, batch 8, COCO size.
+8. ``evaluate`` (if time remains): ``python -m bench.evaluate``'s path on the GPU (random weights, R50,
    synthetic COCO-size images), fp32 and bf16: seconds per image of the model with post-processing
    and of the metric engines.
 
 Outputs under ``--out``: ``summary.json`` (rewritten after every step), one JSON per step,
 ``core.csv``, ``baseline.json``, the job directories and ``results/results.sqlite``; Triton's and
-Inductor's caches go to ``--out``/cache so compiled kernels can travel to a later run. The summary
-table prints last. ``--plan`` prints the steps, the jobs and the Triton compilations a cold run pays,
-and times those compilations ahead of time for the GPU's architecture (no GPU needed).
+Inductor's caches go to ``--out``/cache so compiled kernels can serve a later run. The summary table
+prints last. ``--plan`` prints the steps, the jobs and the Triton compilations a cold run pays, and
+times those compilations ahead of time for the GPU's architecture (no GPU needed). On a lent machine
+whose output folder returns only a few files, run it through ``scripts.gpu_visit``.
 
     python -m scripts.gpu_validate --out outputs/gpu_validate               # on a GPU machine
     python -m scripts.gpu_validate --plan                                   # on any machine
@@ -47,14 +48,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scripts.gpu_checks import LEVEL_SHAPES
+
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("environment", "correctness", "jobs", "transformers", "core_table", "extras", "evaluate")
+# priority first: the checks, the transformers baseline, the headline rows, the core table; then the rest
+STEPS = ("environment", "correctness", "transformers", "jobs", "core_table", "more_jobs", "extras", "evaluate")
 # one fixed kernel configuration: a cold run compiles one variant per (levels, dtypes) instead of three
 TRITON_CONFIG = "32x4"
+SAME_INPUT_M2F = ("m2f", "m2f_fastest", "m2f_again", "m2f_compile")
 TRANSFORMERS_PD_MS_H100 = 39.3  # transformers' fp32 eager Swin-T pixel decoder at 1024x2048 on an H100
-LEVEL_SHAPES = {1: [(64, 128)], 2: [(32, 64), (64, 128)], 3: [(32, 64), (64, 128), (128, 256)],
-                4: [(16, 32), (32, 64), (64, 128), (128, 256)]}
-SMOKE_SHAPES = {1: [(4, 6)], 2: [(3, 4), (4, 6)], 3: [(2, 3), (3, 4), (4, 6)], 4: [(2, 2), (2, 3), (3, 4), (4, 6)]}
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Validation:
     smoke: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
     only: list[str] | None = None  # job names to run (default: all)
+    nvml: Any = None  # an NVML module standing in for the real one (a rehearsal of the NVML path on CPU)
 
     @property
     def device(self) -> Any:
@@ -116,22 +119,33 @@ def environment(v: Validation) -> dict:
                            "cuda": torch.version.cuda, "triton": _version("triton"),
                            "transformers": _version("transformers"), "device": str(v.device),
                            "triton_config": os.environ.get("ENCBENCH_MSDA_TRITON_CONFIG")}
-    if v.device.type != "cuda":
+    if v.device.type != "cuda" and v.nvml is None:
         return {**env, "gpu_name": None, "reason": "no CUDA device: GPU columns not measured"}
-    env["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
-    nvml, reason = energy.load_nvml()
+    if v.device.type == "cuda":
+        env["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
+    nvml, reason = (v.nvml, None) if v.nvml is not None else energy.load_nvml()
     if nvml is None:
         return {**env, **capture(v.device), "nvml": reason}
+    seconds = (0.3, 0.5) if v.smoke else (1.5, 4.0)  # counter-tick poll, idle window
     try:
-        handle, env["nvml_device"] = energy.nvml_handle(nvml, energy.cuda_uuid(v.device))
-        env.update(capture(v.device, nvml, handle))  # name, UUID, driver, temperature, SM clock: as every row
-        env["sm_clock_mhz_max"] = energy.max_sm_clock(nvml, handle)
-        env["power_limit_w"] = nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1e3
-        env["counter_tick_s"] = energy.counter_tick(nvml, handle, seconds=1.5)
-        env["idle_w"] = energy.EnergyMeter(nvml, handle).idle_power(seconds=4.0, cooldown=0.0)
+        return {**env, **nvml_facts(v.device, nvml, *seconds)}
     except energy.nvml_error(nvml) as err:
-        env["nvml_error"] = f"{type(err).__name__}: {err}"
-    return env
+        return {**env, "nvml_error": f"{type(err).__name__}: {err}"}
+
+
+def nvml_facts(device: Any, nvml: Any, tick_s: float, idle_s: float) -> dict[str, Any]:
+    """What NVML says of the GPU before any load: as every row (name, UUID, driver, temperature, SM clock),
+    the maximum SM clock, the enforced power limit, the energy counter's tick and the idle board power."""
+    from bench import energy
+    from bench.env import capture
+
+    handle, matched = energy.nvml_handle(nvml, energy.cuda_uuid(device) if device.type == "cuda" else None)
+    facts = {"nvml_device": matched, **capture(device, nvml, handle)}
+    facts["sm_clock_mhz_max"] = energy.max_sm_clock(nvml, handle)
+    facts["power_limit_w"] = nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1e3
+    facts["counter_tick_s"] = energy.counter_tick(nvml, handle, seconds=tick_s)
+    facts["idle_w"] = energy.EnergyMeter(nvml, handle).idle_power(seconds=idle_s, cooldown=0.0)
+    return facts
 
 
 def _version(module: str) -> str | None:
@@ -145,116 +159,35 @@ def _version(module: str) -> str | None:
 
 # ---------------------------------------------------------------- 2. correctness
 def correctness(v: Validation) -> dict:
-    """Triton core vs pytorch core, CUDA-graph replay vs eager, models across backends, FLOPs CPU vs GPU."""
-    import torch
+    """Triton core vs pytorch core, CUDA-graph replay vs eager, models across backends, FLOPs CPU vs device
+    (``scripts.gpu_checks``: both sides of every equality under the same precision settings)."""
+    from scripts.gpu_checks import correctness as checks
 
-    from models.ops import msda_core, resolve_msda_backend
-    from scripts.gpu_fast_path import core_call
-
-    device, out = v.device, {}
-    triton_ok = resolve_backend_or_none(resolve_msda_backend, device)
-    for levels, shapes in (SMOKE_SHAPES if v.smoke else LEVEL_SHAPES).items():
-        if not triton_ok:
-            out["core"] = "skipped: the triton backend is not available here"
-            break
-        value, loc, w = _core_inputs(shapes, device, v.smoke)
-        for dt_name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-            ref = msda_core(value.to(dt).float(), shapes, loc, w, backend="pytorch")  # the same rounded value
-            got = core_call(value, shapes, loc, w, "triton", dt).float()
-            err = float((got - ref).norm() / ref.norm())
-            tol = 1e-5 if dt == torch.float32 else 1e-2
-            out[f"core_L{levels}_{dt_name}_rel_err"] = err
-            out[f"core_L{levels}_{dt_name}_ok"] = err <= tol
-    size = (32, 64) if v.smoke else (256, 512)
-    out["cudagraph_equals_eager"] = cudagraph_check(device, size) if device.type == "cuda" else "skipped: needs CUDA"
-    if triton_ok:
-        for enc in ("m2f", "proscale_333"):
-            out[f"{enc}_backends_max_abs_diff"] = backends_diff(enc, device, size)
-    out["flops_cpu_vs_gpu"] = flops_check(size) if device.type == "cuda" else "skipped: needs CUDA"
-    failed = [k for k, val in out.items() if (k.endswith("_ok") or k == "cudagraph_equals_eager") and val is False]
-    failed += [k for k, val in out.items() if k.endswith("_backends_max_abs_diff") and val > 1e-3]
-    failed += ["flops_cpu_vs_gpu"] if isinstance(out["flops_cpu_vs_gpu"], dict) else []
-    out["failed_checks"] = failed
-    return out
-
-
-def resolve_backend_or_none(resolve: Callable, device: Any) -> bool:
-    try:
-        return resolve("triton", device) == "triton"
-    except RuntimeError:
-        return False
-
-
-def _core_inputs(shapes, device, smoke: bool):
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    s, m, d, p, lq = sum(h * w for h, w in shapes), 8, 32, 4, (20 if smoke else 4096)
-    value = torch.randn(1, s, m, d, generator=g)
-    loc = torch.rand(1, lq, m, len(shapes), p, 2, generator=g) * 1.2 - 0.1
-    w = torch.rand(1, lq, m, len(shapes), p, generator=g).softmax(-1)
-    return value.to(device), loc.to(device), w.to(device)
-
-
-def _model(overrides: list[str], size: tuple[int, int], device: Any):
-    import torch
-
-    from bench.config import compose
-    from models import build_model
-
-    torch.manual_seed(0)
-    cfg = compose(["backbone=r50", "input=cityscapes", f"input.height={size[0]}", f"input.width={size[1]}",
-                   *overrides])
-    return build_model(cfg).to(device)
-
-
-def cudagraph_check(device: Any, size: tuple[int, int]) -> bool:
-    """M2F with the triton core: one captured forward replayed equals eager (1e-4)."""
-    import torch
-
-    from bench.runners import make_runner
-
-    model = _model(["encoder=m2f", "msda_backend=triton"], size, device)
-    x = torch.rand(1, 3, *size, device=device) * 255
-    with torch.no_grad():
-        eager = model(x, postprocess=False)["pred_masks"].clone()
-    run, _ = make_runner(model, x, {"device": device, "precision": "fp32", "mode": "cudagraph"}, False)
-    got = run()["pred_masks"]
-    return bool(torch.allclose(got, eager, atol=1e-4, rtol=1e-4))
-
-
-def backends_diff(encoder: str, device: Any, size: tuple[int, int]) -> float:
-    """Max |pred_masks(triton) - pred_masks(pytorch)| with the same weights."""
-    import torch
-
-    x = torch.rand(1, 3, *size, device=device) * 255
-    outs = []
-    for backend in ("pytorch", "triton"):
-        with torch.no_grad():
-            outs.append(_model([f"encoder={encoder}", f"msda_backend={backend}"], size, device)(
-                x, postprocess=False)["pred_masks"])
-    return float((outs[0] - outs[1]).abs().max())
-
-
-def flops_check(size: tuple[int, int]) -> bool | dict:
-    """R50 (BatchNorm: cudnn on CUDA) FLOP columns identical on CPU and GPU."""
-    import torch
-
-    from bench.flops import count_flops
-
-    size = (size[0] // 2, size[1] // 2)
-    model = _model(["encoder=m2f"], size, "cpu")
-    x = torch.rand(1, 3, *size) * 255
-    cpu = count_flops(model, x)
-    gpu = count_flops(model.cuda(), x.cuda())
-    keys = ("gmacs_total", "gflops_total", "gflops_backbone", "gflops_pixel_decoder")
-    diff = {k: (cpu[k], gpu[k]) for k in keys if not math.isclose(cpu[k], gpu[k], rel_tol=1e-9)}
-    return diff or True
+    return checks(v.device, v.smoke)
 
 
 # ---------------------------------------------------------------- 3. jobs (and 6. extras)
 def job_overrides(v: Validation) -> list[tuple[str, list[str]]]:
-    """The rows to measure, most important first."""
+    """The headline rows, most important first: M2F and PRO-SCALE (3,3,3)+LPE eager fp32 with energy, both
+    in the fastest configuration, and M2F again (the repeat spread)."""
+    base, lat, lat_e, energy, fastest = _job_parts(v)
+    return [("m2f", [*base, "encoder=m2f", lat_e, *energy]),
+            ("ps333", [*base, "encoder=proscale_333", lat_e, *energy]),
+            ("m2f_fastest", [*base, "encoder=m2f", lat, *fastest]),
+            ("ps333_fastest", [*base, "encoder=proscale_333", lat, *fastest]),
+            ("m2f_again", [*base, "encoder=m2f", lat, "seed=1"])]
+
+
+def more_job_overrides(v: Validation) -> list[tuple[str, list[str]]]:
+    """The other encoders, eager fp32, for the reference rows."""
+    base, lat, *_ = _job_parts(v)
+    return [(name, [*base, f"encoder={enc}", lat]) for name, enc in (
+        ("ps111", "proscale_111"), ("lite_m2f", "lite_m2f"), ("rt_m2f", "rt_m2f"))]
+
+
+def _job_parts(v: Validation) -> tuple[list[str], str, str, list[str], list[str]]:
+    """Swin-T 1024x2048 batch 1 on the run's device (tiny in a rehearsal): base overrides, the latency and
+    latency+energy measures, short energy settings with the idle power measured once, the fastest mode."""
     size = ["input.height=64", "input.width=96"] if v.smoke else []
     idle = v.summary.get("environment", {}).get("idle_w")
     energy = ["energy.min_seconds=5", "energy.idle_seconds=3", "energy.cooldown_seconds=1",
@@ -264,15 +197,7 @@ def job_overrides(v: Validation) -> list[tuple[str, list[str]]]:
     fastest = (["msda_backend=pytorch", "mode=eager", "precision=bf16", "encoder.force_fp32=false"] if v.smoke else
                ["msda_backend=triton", "mode=cudagraph", "precision=bf16", "encoder.force_fp32=false"])
     base = ["backbone=swin_t", "input=cityscapes", "input.batch=1", f"device={v.device.type}", *size]
-    lat, lat_e = "measure=[latency,memory]", "measure=[latency,memory,energy]"
-    return [("m2f", [*base, "encoder=m2f", lat_e, *energy]),
-            ("m2f_again", [*base, "encoder=m2f", lat, "seed=1"]),
-            ("ps333", [*base, "encoder=proscale_333", lat_e, *energy]),
-            ("m2f_fastest", [*base, "encoder=m2f", lat, *fastest]),
-            ("ps333_fastest", [*base, "encoder=proscale_333", lat, *fastest]),
-            ("ps111", [*base, "encoder=proscale_111", lat]),
-            ("lite_m2f", [*base, "encoder=lite_m2f", lat]),
-            ("rt_m2f", [*base, "encoder=rt_m2f", lat])]
+    return base, "measure=[latency,memory]", "measure=[latency,memory,energy]", energy, fastest
 
 
 def extra_overrides(v: Validation) -> list[tuple[str, list[str]]]:
@@ -440,7 +365,8 @@ def ratios(summary: dict) -> dict[str, Any]:
     if "encbench" in base and "transformers" in base:
         ours, hf = base["encbench"], base["transformers"]
         out["m2f_vs_transformers_latency"] = ours["latency_ms_p50"] / hf["latency_ms_p50"]
-        pd_ms = [r.get("latency_ms_pixel_decoder_alone_p50") for k, r in rows.items() if k.startswith("m2f")]
+        # the M2F rows at transformers' input (Swin-T 1024x2048 batch 1): not m2f_coco, m2f_batch8, ...
+        pd_ms = [rows[k].get("latency_ms_pixel_decoder_alone_p50") for k in SAME_INPUT_M2F if k in rows]
         pd_ms = [x for x in pd_ms if isinstance(x, float) and x == x]
         if pd_ms:
             out["fastest_m2f_pixel_decoder_vs_transformers"] = {
@@ -512,6 +438,7 @@ def plan(arch: int, time_compiles: bool) -> dict:
             entry["seconds"] = time.perf_counter() - t0
         compiles.append(entry)
     return {"steps": list(STEPS), "jobs": [n for n, _ in job_overrides(v)],
+            "more_jobs": [n for n, _ in more_job_overrides(v)],
             "extras": [n for n, _ in extra_overrides(v)], "compiles": compiles,
             "compile_seconds": sum(c.get("seconds", 0) for c in compiles)}
 
@@ -534,6 +461,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(result, indent=2))
         return result
     t_start = time.monotonic()
+    sys.stdout.reconfigure(line_buffering=True)  # printed lines survive a killed run
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / "cache"
     os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))  # compiled kernels travel with --out
@@ -547,12 +475,13 @@ def main(argv: list[str] | None = None) -> dict:
     v.summary.update(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), deadline_s=args.deadline, smoke=args.smoke,
                      commit=_commit())
     # seconds a step needs to start (the job steps report stored rows at once, and check time per job)
-    needs = {"environment": 5, "correctness": 20, "jobs": 1, "transformers": 25, "core_table": 15, "extras": 1,
-             "evaluate": 40}
+    needs = {"environment": 5, "correctness": 20, "jobs": 1, "transformers": 25, "core_table": 15, "more_jobs": 1,
+             "extras": 1, "evaluate": 40}
     job_s = 20 if args.smoke else 30
     fns = {"environment": environment, "correctness": correctness,
            "jobs": lambda v: run_jobs(v, job_overrides(v), job_s), "transformers": transformers_baseline,
-           "core_table": core_table, "extras": lambda v: run_jobs(v, extra_overrides(v), 1.5 * job_s),
+           "core_table": core_table, "more_jobs": lambda v: run_jobs(v, more_job_overrides(v), job_s),
+           "extras": lambda v: run_jobs(v, extra_overrides(v), 1.5 * job_s),
            "evaluate": evaluate}
     for name in STEPS:
         if name in args.steps:

@@ -26,7 +26,8 @@ def _fresh_dynamo():
 
 
 SMALL = ["backbone=r50", "input=cityscapes", "input.height=256", "input.width=512"]
-FAST = ["timing.min_iters=10", "timing.min_seconds=0.5", "timing.warmup_min_seconds=0.5", "timing.stage_iters=5"]
+FAST = ["timing.min_iters=10", "timing.min_seconds=0.5", "timing.warmup_min_seconds=0.5", "timing.warmup_max_seconds=5",
+        "timing.stage_iters=5"]
 
 
 def test_cuda_event_time_within_wall_time():

@@ -50,6 +50,17 @@ def test_msda_floors_match_the_issue_figures_at_cityscapes_shapes():
     assert 0.03 < f["dram_floor_ms"] < 0.06  # ~0.05 ms of DRAM traffic
 
 
+def test_msda_floor_of_a_bf16_value_counts_fp32_locations_and_weights():
+    n, s, m, d, lvl, p = 1, 43008, 8, 32, 3, 4
+    samples = n * s * m * lvl * p
+    bf16 = msda_floors(n, s, s, m, d, lvl, p, 2, peak_gbs=1000.0)
+    # value read and output written at 2 bytes; x, y and the weight of every sample at 4 bytes
+    assert bf16["dram_mb"] * 1e6 == 2 * s * m * d * 2 + samples * 3 * 4
+    fp32 = msda_floors(n, s, s, m, d, lvl, p, 4)
+    assert bf16["dram_mb"] / fp32["dram_mb"] == pytest.approx(0.68, abs=0.005)  # not 0.5: the samples stay fp32
+    assert bf16["gathered_mb"] == fp32["gathered_mb"] / 2  # taps gather the value only
+
+
 def test_ceilings_on_cpu_are_measured_and_cached():
     c = measure_ceilings("cpu", "fp32", size=256, copy_mb=16)
     assert c["peak_tflops"] > 0 and c["peak_gbs"] > 0 and math.isfinite(c["peak_tflops"])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from bench.timing import TimingConfig, is_stable, summarize, time_loop, warm_up
+from bench.measures.energy import energy_warmup
+from bench.timing import TimingConfig, is_stable, shortened, summarize, time_loop, warm_up
 
 
 class FakeClock:
@@ -78,6 +81,20 @@ def test_warm_up_gives_up_at_max_time():
     cfg = TimingConfig(warmup_min_seconds=0.1, warmup_max_seconds=1.0, warmup_window=5, warmup_tolerance=0.02)
     samples, stable = warm_up(lambda: None, clock, cfg, now=clock.now)
     assert not stable and 1.0 <= clock.now() < 1.05
+
+
+def test_a_secondary_warm_up_is_capped_by_the_same_share():
+    cfg = TimingConfig(min_iters=20, min_seconds=2, warmup_min_seconds=1, warmup_max_seconds=15, secondary=0.2)
+    short = shortened(cfg, cfg.secondary)
+    assert (short.min_iters, short.min_seconds, short.warmup_min_seconds) == (4, 0.4, 0.2)
+    assert short.warmup_max_seconds == pytest.approx(3.0)  # an unstable warm-up gives up after 3 s, not 15
+    clock = FakeClock([10.0, 30.0] * 1000)  # never stable
+    warm_up(lambda: None, clock, dataclasses.replace(short, warmup_window=5), now=clock.now)
+    assert 3.0 <= clock.now() < 3.05
+    assert shortened(TimingConfig(warmup_min_seconds=5, warmup_max_seconds=5), 0.1).warmup_max_seconds == 0.5
+    # the energy window's warm-up: full on a cold runner, shortened on one the latency loop warmed
+    assert energy_warmup(cfg, runner_warm=False) == cfg
+    assert energy_warmup(cfg, runner_warm=True) == short
 
 
 def test_time_loop_needs_min_iters_and_min_seconds():

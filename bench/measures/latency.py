@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +12,16 @@ from bench.energy import EnergyMeter, sampled_state
 from bench.measures import INVALID, JobContext, measure
 from bench.row import TIMED_STAGES
 from bench.runners import Runner, dynamo_graph_breaks, dynamo_graphs, pixel_decoder_runner
-from bench.timing import IterationClock, TimingConfig, gpu_busy_ms, stage_latencies, summarize, time_loop, warm_up
+from bench.timing import (
+    IterationClock,
+    TimingConfig,
+    gpu_busy_ms,
+    shortened,
+    stage_latencies,
+    summarize,
+    time_loop,
+    warm_up,
+)
 
 
 @measure("latency", order=40)
@@ -64,9 +72,7 @@ def latency_columns(model: torch.nn.Module | None, images: torch.Tensor, setting
 
 def _short_loop(run: Callable[[], Any], clock: IterationClock, cfg: TimingConfig) -> list[float]:
     """A secondary timing (``timing.secondary`` of the main loop's iterations and seconds, at least 3
-    iterations) after a warm-up shortened by the same share."""
-    share = cfg.secondary
-    short = dataclasses.replace(cfg, min_iters=max(round(cfg.min_iters * share), 3),
-                                min_seconds=cfg.min_seconds * share, warmup_min_seconds=cfg.warmup_min_seconds * share)
+    iterations) after a warm-up (minimum and cap) shortened by the same share."""
+    short = shortened(cfg, cfg.secondary)
     warm_up(run, clock, short)
     return time_loop(run, clock, short)[0]
