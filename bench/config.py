@@ -60,9 +60,15 @@ def explain(err: Exception, overrides: list[str], config_name: str = "config") -
 
 
 def to_dict(cfg: Any) -> dict:
-    """A plain, resolved dict from an OmegaConf config or a mapping."""
+    """A plain, resolved dict from an OmegaConf config or a mapping; an interpolation that does not resolve
+    (``input.num_classes=${nosuch}``, a key it refers to removed) is a ``ConfigError`` naming both keys."""
+    from omegaconf.errors import InterpolationResolutionError
+
     if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        try:
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        except InterpolationResolutionError as err:
+            raise ConfigError(f"{err.full_key}: {err.msg.splitlines()[0]}") from None
     if isinstance(cfg, Mapping):
         return dict(cfg)
     raise TypeError(f"expected a config mapping, got {type(cfg).__name__}")

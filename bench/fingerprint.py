@@ -53,5 +53,16 @@ def fingerprint(root: Path = REPO, versions: dict[str, str] | None = None) -> st
 
 @functools.cache
 def code_fingerprint() -> str:
-    """The running code's fingerprint (computed once per process)."""
+    """The running code's fingerprint, computed once per process, when the measuring code is imported
+    (``bench.job`` asks at import; a fork server asks before it imports, so its jobs inherit it)."""
     return fingerprint()
+
+
+def code_changed() -> str | None:
+    """Why the files on disk are not the code this process imported (None when they are): a row measured
+    by this process must then not be stored under either fingerprint."""
+    now = fingerprint()
+    if now == code_fingerprint():
+        return None
+    return (f"the measuring code changed on disk while this process ran (imported as {code_fingerprint()}, "
+            f"now {now}): its numbers belong to neither; run again to measure the new code")

@@ -62,9 +62,13 @@ def _send(out: IO[str], message: dict[str, Any]) -> None:
 
 
 def serve(inp: IO[str], out: IO[str]) -> None:
-    """Answer job requests until ``inp`` closes; one child at a time."""
+    """Answer job requests until ``inp`` closes; one child at a time. The code fingerprint is taken
+    before the imports: the jobs inherit the fingerprint of the code they run."""
+    from bench.fingerprint import code_fingerprint
+
+    imported = code_fingerprint()
     preload()
-    _send(out, {"ready": True, "threads": threads()})
+    _send(out, {"ready": True, "threads": threads(), "fingerprint": imported})
     server = os.getpid()
     for line in inp:
         if not line.strip():
@@ -154,6 +158,7 @@ class ForkServer:
         hello = self._read(None)
         if not hello.get("ready"):
             raise ServerGone(f"the fork server did not start: {hello}")
+        self.fingerprint = hello.get("fingerprint")
 
     def _read(self, timeout: float | None) -> dict[str, Any]:
         """The server's next message; ``{}`` on timeout; ``RuntimeError`` when the server is gone."""
@@ -174,6 +179,9 @@ class ForkServer:
         (its process group was stopped). ``ServerGone`` when the server died during the job."""
         if self.proc.poll() is not None:
             self._start()
+        elif self.stale():
+            self.close()
+            self._start()
         _send(self.proc.stdin, {"argv": argv, "env": env, "log": str(log), "cwd": str(self.cwd)})
         running = True
         try:
@@ -187,6 +195,12 @@ class ForkServer:
         finally:
             if running:  # interrupted (or timed out): the job must not outlive the runner
                 self._abort()
+
+    def stale(self) -> bool:
+        """True when the measuring code on disk is no longer the code the server imported."""
+        from bench.fingerprint import fingerprint
+
+        return fingerprint() != self.fingerprint
 
     def _abort(self) -> None:
         """Stop the running job, also when the server's word of its pid has not been read yet."""

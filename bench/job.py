@@ -17,11 +17,12 @@ import torch
 
 from bench import energy
 from bench.env import capture
+from bench.fingerprint import code_changed, code_fingerprint
 from bench.locks import FileLock, LockHeld, gpu_lock_path
 from bench.measures import INVALID, JobContext, ordered
 from bench.row import STAGES, config_hash, new_row, to_json
 from bench.runners import make_runner
-from bench.settings import InvalidConfig, JobSettings, measured_config
+from bench.settings import InvalidConfig, JobSettings, check_model, measured_config
 from models.encoders import variant_name
 from models.encoders.analytic import NoAnalyticModel, pixel_decoder_macs
 
@@ -29,6 +30,7 @@ log = logging.getLogger("bench")
 TIMED = {"latency", "energy", "profile"}  # measures that must have the GPU to themselves
 GPU_WAIT_S = 600.0
 _held: list[FileLock] = []  # the GPU lock, held until the job process exits
+code_fingerprint()  # the code this process imported (models are imported above): what its rows carry
 
 
 def fill_config_columns(row: dict[str, Any], cfg: Mapping[str, Any]) -> None:
@@ -45,14 +47,14 @@ def fill_config_columns(row: dict[str, Any], cfg: Mapping[str, Any]) -> None:
 
 def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
     """Measure one configuration; never raises for a measurement failure (the row says what failed)."""
-    from bench.config import to_dict
-
-    cfg = to_dict(cfg)
     row = new_row()
     out_dir = Path(out_dir)
-    fill_config_columns(row, cfg)
     try:
+        cfg = resolved(cfg)
+        fill_config_columns(row, cfg)
         settings = JobSettings.from_config(cfg)
+        check_model(cfg)  # every knob, before anything is measured
+        check_out_dir(out_dir)  # a measurement that cannot be written is not started
         ctx = prepare(cfg, settings, row, out_dir)
         for m in ordered(settings.measures):
             columns = m.run(ctx)
@@ -61,14 +63,49 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
     except InvalidConfig as err:
         row.update(status="invalid", error=str(err), valid=False, invalid_reason=str(err))
         if not row["config_hash"]:  # keyed by the raw config (the measured one could not be resolved)
-            row["config_hash"] = config_hash({k: v for k, v in cfg.items() if k not in ("out_dir", "sweep", "seed")})
+            raw = cfg if isinstance(cfg, dict) else to_dict_unresolved(cfg)
+            row["config_hash"] = config_hash({k: v for k, v in raw.items() if k not in ("out_dir", "sweep", "seed")})
     except torch.OutOfMemoryError as err:
         row.update(status="oom", error=f"OutOfMemoryError: {err}"[:2000], valid=False)
     except Exception as err:  # a failed job is a row, not a crash: the sweep goes on
         log.error("job failed:\n%s", traceback.format_exc())
         row.update(status="failed", error=f"{type(err).__name__}: {err}"[:2000], valid=False)
-    write_row(row, out_dir)
+    changed = code_changed()
+    if changed:  # a re-run measures the new code; these numbers are kept in result.json, marked failed
+        row.update(status="failed", error=changed, valid=False)
+    try:
+        write_row(row, out_dir)
+    except OSError as err:  # only an invalid out_dir gets here (checked before measuring): the row is printed
+        log.error("cannot write %s: %s", out_dir / "result.json", err)
     return row
+
+
+def resolved(cfg: Any) -> dict[str, Any]:
+    """The plain config; an interpolation that does not resolve is ``InvalidConfig``."""
+    from bench.config import ConfigError, to_dict
+
+    try:
+        return to_dict(cfg)
+    except ConfigError as err:
+        raise InvalidConfig(str(err)) from None
+
+
+def to_dict_unresolved(cfg: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=False) if hasattr(cfg, "_metadata") else dict(cfg)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """The job's output directory can be created and written, or ``InvalidConfig`` says why."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise InvalidConfig(f"out_dir={out_dir} cannot be written ({err.strerror or err}); name a writable "
+                            "folder") from None
 
 
 def prepare(cfg: dict[str, Any], settings: JobSettings, row: dict[str, Any], out_dir: Path) -> JobContext:

@@ -71,8 +71,11 @@ class FileLock:
         self.previous = self.holder()  # a dead holder's note: its lock was released by the kernel
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                 "command": " ".join(sys.argv)[:200]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError:  # a full disk: the lock holds without its note (whoever waits reads "another process")
+            pass
         self.fd = fd
         return self
 
@@ -95,6 +98,14 @@ class FileLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+SWEEP_LOCK = ".sweep.lock"
+
+
+def results_lock(results: Path | str) -> FileLock:
+    """The lock of a results directory: held by a sweep, and by whatever else writes its store."""
+    return FileLock(Path(results) / SWEEP_LOCK, f"the results directory {Path(results)}")
 
 
 def gpu_lock_path(device_key: str) -> Path:

@@ -34,6 +34,18 @@ class NeedsOtherHardware(InvalidConfig):
     """A valid setting this machine cannot run (CUDA-only options without a GPU)."""
 
 
+def check_model(cfg: Mapping[str, Any]) -> None:
+    """Build the model on the meta device (no memory, no time), so every knob is checked against its
+    builder before anything is measured; ``InvalidConfig`` names the key and what is valid."""
+    from models import build_model
+
+    try:
+        with torch.device("meta"):
+            build_model({**cfg, "msda_backend": "pytorch"})
+    except (ValueError, KeyError, TypeError) as err:
+        raise InvalidConfig(str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)) from None
+
+
 def choice(key: str, value: Any, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise InvalidConfig(f"{key}={value!r} is not valid; valid choices: {', '.join(valid)}")

@@ -36,6 +36,7 @@ CREATE INDEX IF NOT EXISTS history_hash ON history(config_hash);
 CREATE TABLE IF NOT EXISTS accuracy (run_id TEXT PRIMARY KEY, key TEXT, created_at TEXT, row TEXT);
 """
 BACKUPS_KEPT = 5
+PARTIAL = ".partial"  # a backup being written
 ACCURACY_KEYS = ("run_id", "key")
 EVALUATIONS = "evaluations"  # beside the store: one JSON per stored evaluation (what a rebuild reads back)
 
@@ -218,14 +219,28 @@ class ResultStore:
 
     def backup(self, directory: Path | str | None = None, keep: int = BACKUPS_KEPT) -> Path:
         """An online copy (SQLite's backup API) in ``directory`` (default: ``backups/`` beside the store);
-        only the newest ``keep`` copies are kept."""
+        only the newest ``keep`` copies are kept. The copy is written under a ``.partial`` name and renamed
+        when complete: a killed or failed backup (and what an earlier one left) never counts as a copy.
+        ``StoreError`` when it cannot be written (e.g. a full disk)."""
         out = Path(directory) if directory else self.path.parent / "backups"
-        out.mkdir(parents=True, exist_ok=True)
         dest = out / f"{self.path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}.sqlite"
-        target = sqlite3.connect(dest)
-        with target:
-            self.conn.backup(target)
-        target.close()
+        partial = dest.with_name(dest.name + PARTIAL)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for leftover in out.glob(f"{self.path.stem}-*.sqlite{PARTIAL}*"):  # from a backup that was killed
+                leftover.unlink()
+            target = sqlite3.connect(partial)
+            try:
+                with target:
+                    self.conn.backup(target)
+            finally:
+                target.close()
+            partial.replace(dest)
+        except (OSError, sqlite3.Error) as err:
+            for leftover in out.glob(f"{partial.name}*"):
+                leftover.unlink(missing_ok=True)
+            raise StoreError(f"cannot write a backup of {self.path} into {out} ({err}); the store itself is "
+                             "untouched: free space and run again") from err
         for old in sorted(out.glob(f"{self.path.stem}-*.sqlite"))[:-keep]:
             old.unlink()
         return dest

@@ -44,7 +44,6 @@ from bench.forkserver import GRACE_S, terminate_group
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "sweeps"
 DEFAULT_RESULTS = REPO / "results"
-LOCK_NAME = ".sweep.lock"
 FAULT_ENV = "ENCBENCH_FAULT_AT"  # tests only: the runner kills itself (SIGKILL) at this named moment
 EXIT_INVALID, EXIT_LOCKED, EXIT_STORE = 2, 3, 4
 
@@ -216,10 +215,7 @@ def validate(jobs: list[Job]) -> tuple[list[str], dict[str, list[Job]]]:
     """Every job's measurement settings and model build (on the meta device: no memory, no time).
     Returns the distinct invalid settings (each with one job that has it) and, by reason, the jobs that
     are valid but need other hardware than this machine's (CUDA-only options without a GPU)."""
-    import torch
-
-    from bench.settings import InvalidConfig, JobSettings, NeedsOtherHardware
-    from models import build_model
+    from bench.settings import InvalidConfig, JobSettings, NeedsOtherHardware, check_model
 
     reasons: dict[str, str] = {}
     elsewhere: dict[str, list[Job]] = {}
@@ -230,8 +226,7 @@ def validate(jobs: list[Job]) -> tuple[list[str], dict[str, list[Job]]]:
             model_key = json.dumps({k: job.config.get(k) for k in ("backbone", "encoder", "decoder", "input")},
                                    sort_keys=True, default=str)
             if model_key not in built:
-                with torch.device("meta"):
-                    build_model({**job.config, "msda_backend": "pytorch"})
+                check_model(job.config)
                 built.add(model_key)
         except NeedsOtherHardware as err:
             elsewhere.setdefault(str(err), []).append(job)
@@ -410,7 +405,7 @@ def run_sweep(name: str, extra: list[str], results: Path, force: bool = False, d
               launcher: str = "auto") -> int:
     """Run (or resume) a sweep; returns the number of failed jobs. ``SweepError`` when it cannot start."""
     from bench.fingerprint import code_fingerprint
-    from bench.locks import FileLock, LockHeld
+    from bench.locks import LockHeld, results_lock
     from bench.store import ResultStore
 
     opts = Options(force, keep_stale, timeout, max_jobs, launcher)
@@ -420,7 +415,7 @@ def run_sweep(name: str, extra: list[str], results: Path, force: bool = False, d
     fingerprint = code_fingerprint()
     if dry_run:
         return _dry_run(name, jobs, results, fingerprint, opts)
-    lock = FileLock(results / LOCK_NAME, f"the results directory {results}")
+    lock = results_lock(results)
     try:
         lock.acquire()
     except LockHeld as err:

@@ -87,8 +87,11 @@ def _conforms(value: Any, hint: Any) -> bool:
 
 
 def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) is typing.Literal:
-        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (list, tuple, Sequence, typing.Sequence) and args and args[0] is not Ellipsis:
+        return f"a list of {_describe(args[0])}, e.g. [3,3,3]" if args[0] is int else f"a list of {_describe(args[0])}"
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
@@ -116,6 +119,20 @@ def check_input(inp: Mapping[str, Any]) -> None:
             raise ValueError(f"input.{key} must be a positive integer, got {val!r}")
 
 
+def check_postprocess(inp: Mapping[str, Any]) -> None:
+    """Post-processing settings: types and ranges, each error naming its key."""
+    topk = inp.get("topk_per_image", 100)
+    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+        raise ValueError(f"input.topk_per_image={topk!r} must be an integer >= 1")
+    ids = inp.get("thing_ids", [])
+    if not isinstance(ids, list | tuple) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"input.thing_ids={ids!r} must be a list of integer class ids, e.g. [0,1,2]")
+    for key in ("object_mask_threshold", "overlap_threshold"):
+        val = inp.get(key, 0.8)
+        if not isinstance(val, int | float) or isinstance(val, bool) or not 0 <= val <= 1:
+            raise ValueError(f"input.{key}={val!r} must be a number in [0, 1]")
+
+
 def build_model(cfg: Any) -> Segmentor:
     """Build the segmentor described by ``cfg`` in eval mode (random weights)."""
     cfg = _plain(cfg)
@@ -124,6 +141,7 @@ def build_model(cfg: Any) -> Segmentor:
             raise ValueError(f"config needs a {group!r} group")
     inp = cfg["input"]
     check_input(inp)
+    check_postprocess(inp)
     # backbone.decoder_queries is read by the decoder group (200 queries for Swin-L)
     builder, bb_opts = group_options("backbone", cfg["backbone"], BACKBONES, ignore=("decoder_queries",))
     backbone = builder(**bb_opts)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "results"
+EXIT_LOCKED = 3  # as the sweep's: another process holds the results directory
 REFERENCE = REPO / "reference"
 OPTIONS = ("results", "report.out", "report.accuracy", "report.reference", "runs", "export", "reference.name",
            "reference.dir")
@@ -56,23 +57,23 @@ def report_dir(results: Path) -> Path:
 
 
 def run(command: str, opts: dict[str, str]) -> int:
-    from bench.store import ResultStore, rebuild_store
+    from bench.locks import LockHeld, results_lock
+    from bench.store import ResultStore
 
     results = Path(opts.get("results", DEFAULT_RESULTS)).absolute()
     path = results / "results.sqlite"
     roots = [Path(opts["runs"])] if "runs" in opts else [results / "runs", REPO / "multirun"]
-    if command == "rebuild":
-        done, old = rebuild_store(path, roots)
-        print(f"rebuilt {path}: {done.added} rows from the run directories"
-              + (f"; the previous file is kept as {old}" if old else ""))
-        _print_skipped(done.skipped)
-        return 0
-    if command == "collect":
-        with ResultStore(path) as store:
-            done = store.collect([r for r in roots if r.exists()])
-        print(f"collected {done.added} new rows ({done.seen} already in the store) into {path}")
-        _print_skipped(done.skipped)
-        return 0
+    if command in ("rebuild", "collect"):  # they write the store: never beside a running sweep
+        lock = results_lock(results)
+        try:
+            lock.acquire()
+        except LockHeld as err:
+            print(f"error: {command} writes the store, and {err}; wait for the sweep to end", file=sys.stderr)
+            return EXIT_LOCKED
+        try:
+            return rebuild(path, roots) if command == "rebuild" else collect(path, roots)
+        finally:
+            lock.release()
     with ResultStore(path, readonly=True) as store:
         if command == "reference":
             return ship_reference(store.frame(), opts)
@@ -89,6 +90,26 @@ def run(command: str, opts: dict[str, str]) -> int:
         else Path(opts.get("reference.dir", REFERENCE))
     return build(rows, Path(opts.get("report.out", report_dir(results))), opts.get("report.accuracy"), reference,
                  measured)
+
+
+def rebuild(path: Path, roots: list[Path]) -> int:
+    from bench.store import rebuild_store
+
+    done, old = rebuild_store(path, roots)
+    print(f"rebuilt {path}: {done.added} rows from the run directories"
+          + (f"; the previous file is kept as {old}" if old else ""))
+    _print_skipped(done.skipped)
+    return 0
+
+
+def collect(path: Path, roots: list[Path]) -> int:
+    from bench.store import ResultStore
+
+    with ResultStore(path) as store:
+        done = store.collect([r for r in roots if r.exists()])
+    print(f"collected {done.added} new rows ({done.seen} already in the store) into {path}")
+    _print_skipped(done.skipped)
+    return 0
 
 
 def ship_reference(rows, opts: dict[str, str]) -> int:

@@ -3,6 +3,7 @@ names what is valid, exit status 2, and nothing is run or written (docs/reliabil
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -41,6 +42,15 @@ SWEEP_CASES = [
     (["timing.warmup=3"], "unknown key 'timing.warmup'; valid keys of timing: bootstrap, busy_iters"),
     (["msda_backend=cuda_ext"], "unknown msda_backend 'cuda_ext'; valid choices: pytorch, triton"),
     (["encoder.layers=[1,2"], "bad override"),
+    (["encoder=proscale", "encoder.layers=5"], "encoder.layers=5 must be a list of int, e.g. [3,3,3]"),
+    (["encoder=proscale", "encoder.trc=null"], "encoder.trc=None must be one of 'faithful', 'fixed', 'off'"),
+    (["encoder=proscale", "encoder.trc=FIXED"], "encoder.trc='FIXED' must be one of 'faithful', 'fixed', 'off'"),
+    (["encoder=rt_m2f", "encoder.expansion=null"], "encoder.expansion=None must be float"),
+    (["encoder=rt_m2f", "encoder.expansion=[1,2]"], "encoder.expansion=[1, 2] must be float"),
+    (["~encoder.mask_dim"], "decoder.mask_dim: Interpolation key 'encoder.mask_dim' not found"),
+    (["input.num_classes=${nosuch}"], "decoder.num_classes: Interpolation key 'nosuch' not found"),
+    (["input.topk_per_image=-1"], "input.topk_per_image=-1 must be an integer >= 1"),
+    (["input.thing_ids=abc"], "input.thing_ids='abc' must be a list of integer class ids"),
     (["--max-jobs", "0"], "argument --max-jobs: must be > 0, got 0"),
     (["--max-jobs", "-1"], "argument --max-jobs: must be > 0, got -1"),
     (["--timeout", "0"], "argument --timeout: must be > 0, got 0"),
@@ -141,12 +151,30 @@ def test_user_strings_are_escaped_in_markdown_and_html(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("encoder.n_layers=3", "unknown key 'encoder.n_layers'; valid keys of encoder (m2f)"),
     ("timing.min_iters=-5", "timing.min_iters=-5 must be >= 1"),
+    ("out_dir=/proc/encbench", "out_dir=/proc/encbench cannot be written"),
 ])
 def test_a_single_job_exits_2_and_says_why(tmp_path, override, message):
     done = subprocess.run([sys.executable, "-m", "bench", "backbone=r50", "input.height=64", "input.width=64",
                            f"out_dir={tmp_path}", override], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+JOB_CASES = [c for c in SWEEP_CASES if c[0][0].startswith(("encoder=", "~", "input.num_classes", "input.topk",
+                                                             "input.thing"))]
+
+
+@pytest.mark.parametrize("override,message", JOB_CASES, ids=[" ".join(c[0]) for c in JOB_CASES])
+def test_a_single_job_refuses_a_bad_knob_before_measuring_anything(tmp_path, override, message):
+    from bench.config import compose
+    from bench.job import run_job
+
+    row = run_job(compose(["backbone=r50", "input=ade20k", "input.height=64", "input.width=64",
+                           "measure=[flops,memory]", *override]), tmp_path)
+    assert row["status"] == "invalid" and message in row["error"], row["error"]
+    assert math.isnan(row["params_total"]) and math.isnan(row["gmacs_total"])  # nothing was built or counted
+    assert row["config_hash"] and (tmp_path / "result.json").exists()
 
 
 def test_ctrl_c_in_a_report_is_a_one_line_message(tmp_path, capsys, monkeypatch):

@@ -12,8 +12,11 @@ def variant_name(encoder: dict) -> str:
     """Short human label of an encoder config: ``m2f``, ``proscale(3,3,3)+lpe+trc``, ``lite_m2f(h2,3x2)``,
     ``rt_m2f(e1.0)``; each encoder's ``variant_label`` decides, the registered name otherwise."""
     name = encoder["name"]
-    label = ENCODERS.get(name).variant_label({k: v for k, v in encoder.items() if k != "name"}) \
-        if name in ENCODERS else None
+    try:
+        label = ENCODERS.get(name).variant_label({k: v for k, v in encoder.items() if k != "name"}) \
+            if name in ENCODERS else None
+    except (KeyError, TypeError, ValueError):  # an invalid knob: the model's build names it
+        label = None
     return label or name
 
 
