@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from reports.figures import (
+    MIN_RANK_POINTS,
     conversion_figure,
     flops_to_speed_figure,
     pareto_figure,
@@ -101,7 +102,9 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
         head.notes += headline(g, key)
         if not conv.empty:
             name = f"speed_conversion_{tag}"
-            table = write_table(conv, tabs, name, f"{title}. Spearman rho (pixel-decoder G-MACs vs latency): {rho:.2f}")
+            rank = (f"Spearman rho (pixel-decoder G-MACs vs latency): {rho:.2f}" if rho == rho else
+                    f"No rank correlation: fewer than {MIN_RANK_POINTS} variants")
+            table = write_table(conv, tabs, name, f"{title}. {rank}")
             head.tables.append(table)
             head.figures += [f for f in (lat_fig,) if f]
             summary["tables"].append(name)

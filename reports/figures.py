@@ -19,6 +19,8 @@ import pandas as pd  # noqa: E402
 from reports.pareto import front_steps, pareto_mask  # noqa: E402
 from reports.tables import STAGES  # noqa: E402
 
+MIN_RANK_POINTS = 5  # a rank correlation over fewer points is not given
+
 
 def stamp(fig: plt.Figure, key: dict[str, Any]) -> None:
     text = (f"{key.get('hardware')} ({key.get('device')}) | precision {key.get('precision')}, mode {key.get('mode')}, "
@@ -114,7 +116,8 @@ def flops_to_speed_figure(g: pd.DataFrame, key: dict, out: Path, name: str, y: s
     data = g[["variant", "gmacs_pixel_decoder", y]].dropna()
     if len(data) < 2:
         return None, math.nan
-    rho = data["gmacs_pixel_decoder"].corr(data[y], method="spearman")
+    # a rank correlation of fewer than 5 points says little: none is given
+    rho = data["gmacs_pixel_decoder"].corr(data[y], method="spearman") if len(data) >= MIN_RANK_POINTS else math.nan
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.scatter(data["gmacs_pixel_decoder"], data[y])
     for _, r in data.iterrows():
@@ -122,7 +125,8 @@ def flops_to_speed_figure(g: pd.DataFrame, key: dict, out: Path, name: str, y: s
                     textcoords="offset points")
     slope, icpt = np.polyfit(data["gmacs_pixel_decoder"], data[y], 1)
     xs = np.linspace(0, data["gmacs_pixel_decoder"].max() * 1.05, 50)
-    ax.plot(xs, slope * xs + icpt, "--", c="0.4", label=f"fit: {slope:.3g}/GMAC + {icpt:.3g}; Spearman rho {rho:.2f}")
+    label = f"fit: {slope:.3g}/GMAC + {icpt:.3g}" + (f"; Spearman rho {rho:.2f}" if rho == rho else "")
+    ax.plot(xs, slope * xs + icpt, "--", c="0.4", label=label)
     ax.set_xlabel("pixel-decoder G-MACs (measured, fvcore)")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)

@@ -27,9 +27,17 @@ class Table:
 
 
 def shown_values(t: pd.DataFrame) -> pd.DataFrame:
-    """Values as a reader sees them: NaN as an en dash, floats to 3 significant digits."""
+    """Values as a reader sees them: NaN as an en dash, floats as plain numbers (:func:`plain`)."""
     shown = t.astype(object).where(t.notna(), "–")
-    return shown.apply(lambda col: col.map(lambda v: f"{v:.3g}" if isinstance(v, float) else v))
+    return shown.apply(lambda col: col.map(lambda v: plain(v) if isinstance(v, float) else v))
+
+
+def plain(v: float) -> str:
+    """3 significant digits without an exponent: 2,360 (not 2.36e+03), 39.3, 0.0012; an exponent only
+    below 1e-4."""
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if v == 0 or abs(v) >= 1e-4 else f"{v:.2e}"
 
 
 @dataclass

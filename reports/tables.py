@@ -153,7 +153,9 @@ LATENCY_CI = {"pd_latency_ms": "pd_latency_ci95", "latency_ms_p50": "latency_ms_
 
 def speed_conversion(g: pd.DataFrame, lat: str = "pd_latency_ms", macs: str = "gmacs_pixel_decoder"
                      ) -> pd.DataFrame:
-    """Per variant: latency and MAC reductions vs M2F, and their ratio (how much saving became speed)."""
+    """Per variant: latency and MAC reductions vs M2F, the 95 % interval of the latency reduction, and their
+    ratio (how much saving became speed). The baseline gets no interval against itself, and no conversion is
+    given where the interval holds 0 (the variant cannot be told from M2F at this noise)."""
     base = g[g["encoder"] == "m2f"]
     if base.empty or g[lat].isna().all():
         return pd.DataFrame()
@@ -168,8 +170,16 @@ def speed_conversion(g: pd.DataFrame, lat: str = "pd_latency_ms", macs: str = "g
               for v, c in zip(t[lat], ci, strict=True)]
     t["latency_reduction_low"] = [1 - hi for _, _, hi in bounds]  # 95 % interval of the reduction
     t["latency_reduction_high"] = [1 - lo for _, lo, _ in bounds]
+    t.loc[g["encoder"] == "m2f", ["latency_reduction_low", "latency_reduction_high"]] = math.nan
     t["speed_conversion"] = t["latency_reduction"] / t["mac_reduction"].where(t["mac_reduction"].abs() > 1e-9)
+    t.loc[~distinguishable(t), "speed_conversion"] = math.nan
     return t
+
+
+def distinguishable(t: pd.DataFrame) -> pd.Series:
+    """False where the latency reduction's 95 % interval holds 0 (true where no interval is known)."""
+    low, high = t["latency_reduction_low"], t["latency_reduction_high"]
+    return ~(low.notna() & (low <= 0) & (high >= 0))
 
 
 def headline(g: pd.DataFrame, key: dict) -> list[str]:
@@ -192,9 +202,11 @@ def headline(g: pd.DataFrame, key: dict) -> list[str]:
         low, high = r["latency_reduction_low"], r["latency_reduction_high"]
         if pd.notna(low):
             text += f" (95 % CI {100 * low:.0f} to {100 * high:.0f} %)"
-            if low <= 0 <= high:
-                text += "; at this noise it cannot be ranked against M2F"
-        out.append(text + f": a speed conversion of {r['speed_conversion']:.2f}.")
+        if pd.isna(r["speed_conversion"]) and pd.notna(low):
+            out.append(text + ": at this noise its latency cannot be told from M2F's, so no speed conversion is "
+                       "given.")
+        else:
+            out.append(text + f": a speed conversion of {r['speed_conversion']:.2f}.")
     tied = overlapping(g)
     if tied:
         out.append(f"{where}, these pixel-decoder latencies overlap within their 95 % intervals and cannot be ranked "

@@ -48,7 +48,9 @@ def test_report_joins_reported_accuracy_and_measures_speed_conversion(tmp_path):
     conv = pd.read_csv(conv_file).set_index("variant")
     mac_red, lat_red = 1 - 137 / 285, 1 - 30 / 39
     assert conv.loc["proscale(3,3,3)+lpe+trc", "speed_conversion"] == pytest.approx(lat_red / mac_red)
-    assert "Spearman rho (pixel-decoder G-MACs vs latency): 1.00" in (tmp_path / "report.md").read_text()
+    # four variants: too few for a rank correlation
+    assert "No rank correlation: fewer than 5 variants" in (tmp_path / "report.md").read_text()
+    assert "Spearman" not in (tmp_path / "report.md").read_text()
     assert any(f.startswith("pareto_fps_") for f in summary["figures"])
     assert any(f.startswith("pareto_energy_") for f in summary["figures"])
     assert any(f.startswith("flops_to_latency_") for f in summary["figures"])
@@ -134,11 +136,32 @@ def test_the_report_leads_with_the_speed_conversion_finding(tmp_path):
     first = md.split(headings[0])[1].split("\n## ")[0]
     assert ("On H100 (cityscapes, swin_t, 1024x2048, batch 1, fp32 eager), proscale(3,3,3)+lpe+trc cuts "
             "pixel-decoder MACs by 52 % and its latency by 23 % (95 % CI") in first
-    assert "proscale(0,0,1)+lpe+trc cuts" in first and "cannot be ranked against M2F" in first
+    assert "proscale(0,0,1)+lpe+trc cuts" in first
+    noisy = next(line for line in first.splitlines() if "proscale(0,0,1)+lpe+trc cuts" in line)
+    assert "cannot be told from M2F's, so no speed conversion is given" in noisy
+    assert "a speed conversion of" not in noisy
+    conv = pd.read_csv(next((tmp_path / "tables").glob("speed_conversion_*.csv"))).set_index("variant")
+    assert pd.isna(conv.loc["proscale(0,0,1)+lpe+trc", "speed_conversion"])  # no point value across zero
+    assert conv.loc["m2f", ["latency_reduction_low", "latency_reduction_high"]].isna().all()  # none vs itself
+    assert conv.loc["proscale(3,3,3)+lpe+trc", "speed_conversion"] > 0
     assert "![flops_to_latency_" in first
     main = md.split(headings[-1])[1]
     assert "GPU busy" not in main and "accuracy source" not in main  # empty and wide columns stay in the CSV
     assert "accuracy source" in (tmp_path / "tables" / "main.csv").read_text()
+
+
+def test_rank_correlation_needs_five_points_and_numbers_are_plain(tmp_path):
+    from reports.render import plain
+
+    assert [plain(v) for v in (2360.4, 5421504.0, 39.31, 0.00123, 0.0, -1234.5, 3e-6)] == [
+        "2,360", "5,421,504", "39.3", "0.00123", "0", "-1,234", "3.00e-06"]
+    rows = pd.concat([fake_rows(), fake_rows().iloc[[1]].assign(variant="proscale(2,2,2)+lpe+trc",
+                                                                 gmacs_pixel_decoder=100.0,
+                                                                 latency_ms_pixel_decoder_p50=2360.0)])
+    build_report(rows, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "Spearman rho (pixel-decoder G-MACs vs latency):" in md  # five variants
+    assert "2,360" in md and "e+03" not in md
 
 
 def test_without_latency_the_headline_says_so_with_the_mac_savings(tmp_path):
