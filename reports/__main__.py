@@ -1,7 +1,8 @@
 """``python -m reports [build|collect|export|rebuild|compare] [key=value ...]``: the store and the report.
 
 - ``build`` (default): the report from ``results/results.sqlite`` (opened read-only) into ``report/``.
-- ``collect``: add every ``result.json`` under ``runs=DIR`` (default ``results/runs`` and ``multirun``).
+- ``collect``: add every ``result.json`` under ``runs=DIR`` (default ``results/runs``, ``multirun`` and
+  ``outputs``, where single ``python -m bench`` jobs write).
 - ``export``: ``results.csv``, ``results.parquet`` and ``history.csv`` into ``export=DIR`` (read-only store).
 - ``rebuild``: recreate ``results.sqlite`` from every ``result.json`` under the runs (a damaged or
   replaced store is kept beside it as ``results.sqlite.replaced-<time>``).
@@ -25,6 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "results"
+SINGLE_RUNS = (REPO / "multirun", REPO / "outputs")  # Hydra's folders of multiruns and single jobs
 EXIT_LOCKED = 3  # as the sweep's: another process holds the results directory
 REFERENCE = REPO / "reference"
 OPTIONS = ("results", "report.out", "report.accuracy", "report.reference", "runs", "export", "reference.name",
@@ -62,7 +64,7 @@ def run(command: str, opts: dict[str, str]) -> int:
 
     results = Path(opts.get("results", DEFAULT_RESULTS)).absolute()
     path = results / "results.sqlite"
-    roots = [Path(opts["runs"])] if "runs" in opts else [results / "runs", REPO / "multirun"]
+    roots = [Path(opts["runs"])] if "runs" in opts else [results / "runs", *SINGLE_RUNS]
     if command in ("rebuild", "collect"):  # they write the store: never beside a running sweep
         lock = results_lock(results)
         try:

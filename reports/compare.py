@@ -66,11 +66,13 @@ def parse(args: list[str]) -> tuple[dict[str, str], dict[str, str], dict[str, st
 
 
 def load_rows(source: Path) -> pd.DataFrame:
-    """Measured (ok) rows from a results directory, a store file, or an exported CSV/Parquet."""
+    """Measured (ok) rows from a results directory, a shipped reference folder (its ``rows.csv``), a store
+    file, or an exported CSV/Parquet."""
     from bench.store import ResultStore
 
     if source.is_dir():
-        source = source / "results.sqlite"
+        has_store = (source / "results.sqlite").exists() or not (source / "rows.csv").exists()
+        source = source / "results.sqlite" if has_store else source / "rows.csv"
     if source.suffix == ".csv":
         df = pd.read_csv(source)
     elif source.suffix == ".parquet":

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from bench.store import ResultStore
+from reports.__main__ import REPO
 from reports.__main__ import main as reports_main
 from reports.compare import compare, pairing_columns, ratio_interval, verdict
 
@@ -59,6 +60,14 @@ def test_the_command_and_its_regression_gate(tmp_path, capsys):
     assert reports_main([*args, "fail_above=10"]) == 1  # 15 % slower: beyond the gate
     assert reports_main([*args, "fail_above=20"]) == 0
     assert reports_main([*args, f"out={tmp_path / 'c.csv'}"]) == 0 and (tmp_path / "c.csv").exists()
+
+
+def test_a_shipped_reference_folder_is_a_side(capsys):
+    folder = REPO / "reference" / "cpu-amd-epyc-2core"
+    args = ["compare", f"a.results={folder}", f"b.results={folder}", "a.device=cpu", "b.device=cpu"]
+    assert reports_main(args) == 0
+    out = capsys.readouterr().out
+    assert " 0 FASTER, 0 SLOWER" in out and "m2f" in out  # its rows, paired with themselves
 
 
 @pytest.mark.parametrize("args,message", [

@@ -170,3 +170,16 @@ def test_a_fork_server_whose_code_changed_on_disk_is_started_again(tmp_path, mon
         assert server.proc.pid != first  # new code: a new server imports it
     finally:
         server.close()
+
+
+def test_collect_finds_single_jobs_where_hydra_puts_them(tmp_path, monkeypatch, capsys):
+    import reports.__main__ as cli
+
+    outputs = tmp_path / "outputs" / "2026-12-05" / "10-00-00"  # python -m bench's default job folder
+    outputs.mkdir(parents=True)
+    (outputs / "result.json").write_text('{"run_id": "s1", "config_hash": "c9", "status": "ok"}')
+    monkeypatch.setattr(cli, "SINGLE_RUNS", (tmp_path / "multirun", tmp_path / "outputs"))
+    assert reports_main(["collect", f"results={tmp_path / 'results'}"]) == 0
+    assert "collected 1 new rows" in capsys.readouterr().out
+    with ResultStore(tmp_path / "results" / "results.sqlite", readonly=True) as store:
+        assert [r["run_id"] for r in store.rows()] == ["s1"]
