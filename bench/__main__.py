@@ -1,14 +1,16 @@
 """``python -m bench <overrides>``: measure one configuration (a Hydra app).
 
 The result row is printed as one JSON object on the last stdout line (logs go to stderr) and
-written as ``result.json`` in the job's output directory. Exit status: 0 ok, 1 failed or oom,
-2 invalid configuration (bad overrides included; the reason is printed on stderr).
+written as ``result.json`` in the job's output directory; a short summary for a person (parameters,
+G-MACs per stage, latency with its interval, memory, where the row is) goes to stderr. Exit status:
+0 ok, 1 failed or oom, 2 invalid configuration (bad overrides included; the reason is printed on stderr).
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -28,6 +30,7 @@ def main(cfg: DictConfig) -> int:
     _STARTED = True
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else Path(HydraConfig.get().runtime.output_dir)
     row = run_job(cfg, out_dir)
+    print(summary(row, out_dir / "result.json"), file=sys.stderr)
     sys.stdout.write(to_json(row) + "\n")
     sys.stdout.flush()
     if row["status"] not in ("ok", "skipped"):
@@ -36,6 +39,40 @@ def main(cfg: DictConfig) -> int:
     if code and HydraConfig.get().mode.name != "MULTIRUN":
         sys.exit(code)
     return code
+
+
+STAGE_NAMES = {"backbone": "backbone", "pixel_decoder": "pixel decoder", "transformer_decoder": "decoder",
+               "postprocess": "post"}
+
+
+def summary(row: dict[str, Any], result: Path) -> str:
+    """The row for a person: what ran, parameters, G-MACs per stage, latency with its interval, memory,
+    and where the row is (and how it reaches the report)."""
+    what = " ".join(str(row.get(k)) for k in ("variant", "backbone", "dataset"))
+    size = f"{row.get('height')}x{row.get('width')} b{row.get('batch')}"
+    lines = [f"encbench: {what} {size} {row.get('precision')} {row.get('mode')} {row.get('device')}: {row['status']}"]
+    if _num(row.get("params_total")):
+        lines.append(f"  params     {row['params_total'] / 1e6:.2f} M (pixel decoder "
+                     f"{row.get('params_pixel_decoder', 0) / 1e6:.2f} M)")
+    for unit, prefix in (("G-MACs ", "gmacs_"), ("G-FLOPs", "gflops_")):
+        if _num(row.get(f"{prefix}total")):
+            stages = "  ".join(f"{name} {row[prefix + s]:.2f}" for s, name in STAGE_NAMES.items()
+                               if _num(row.get(prefix + s)))
+            lines.append(f"  {unit}    total {row[prefix + 'total']:.2f}  ({stages})")
+    for label, col in (("latency", "latency_ms"), ("pixdec alone", "latency_ms_pixel_decoder_alone")):
+        if _num(row.get(f"{col}_p50")):
+            lines.append(f"  {label:<10} {row[col + '_p50']:.1f} ms p50 (95 % CI +-{row.get(col + '_ci95', 0):.1f} ms)")
+    if _num(row.get("mem_peak_alloc_mb")):
+        lines.append(f"  memory     peak {row['mem_peak_alloc_mb']:.0f} MB of tensors")
+    if _num(row.get("energy_j_per_img_net")):
+        lines.append(f"  energy     {row['energy_j_per_img_net']:.2f} J/img net of idle")
+    lines.append(f"  row        {result}" + (" (make collect adds it to results/, then make report)"
+                                               if result.exists() else " (not written)"))
+    return "\n".join(lines)
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
 
 def precheck(args: list[str]) -> str | None:

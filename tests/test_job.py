@@ -170,3 +170,23 @@ def test_profile_on_cpu_writes_trace_and_layer_table(tmp_path):
     roof = table.set_index("range").loc[[f"pixel_decoder.layer{i:02d}" for i in range(3)]]
     assert (roof["mbytes_min"].diff().dropna() > 0).all() and set(table["bound"]) <= {"compute", "memory"}
     assert (table["floor_ms"] > 0).all() and (table["roofline_frac"].dropna() > 0).all()
+
+
+def test_a_single_job_summary_reads_like_a_tool(tmp_path):
+    from bench.__main__ import summary
+
+    row = {"status": "ok", "variant": "proscale(1,1,1)+lpe+trc", "backbone": "r50", "dataset": "cityscapes",
+           "height": 256, "width": 512, "batch": 1, "precision": "fp32", "mode": "eager", "device": "cpu",
+           "params_total": 44_210_000, "params_pixel_decoder": 2_561_345, "gmacs_total": 70.1,
+           "gmacs_backbone": 21.4, "gmacs_pixel_decoder": 11.0, "gmacs_transformer_decoder": 10.2,
+           "gmacs_postprocess": 0.7, "gflops_total": float("nan"), "latency_ms_p50": 812.3,
+           "latency_ms_ci95": 12.04, "latency_ms_pixel_decoder_alone_p50": 259.0,
+           "latency_ms_pixel_decoder_alone_ci95": 6.0, "mem_peak_alloc_mb": 512.4}
+    (tmp_path / "result.json").write_text("{}")
+    text = summary(row, tmp_path / "result.json")
+    assert text.splitlines()[0] == "encbench: proscale(1,1,1)+lpe+trc r50 cityscapes 256x512 b1 fp32 eager cpu: ok"
+    assert "params     44.21 M (pixel decoder 2.56 M)" in text
+    assert "G-MACs     total 70.10  (backbone 21.40  pixel decoder 11.00  decoder 10.20  post 0.70)" in text
+    assert "G-FLOPs" not in text and "energy" not in text  # not measured: not shown
+    assert "latency    812.3 ms p50 (95 % CI +-12.0 ms)" in text and "pixdec alone 259.0 ms" in text
+    assert f"row        {tmp_path / 'result.json'} (make collect adds it" in text
