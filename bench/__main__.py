@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from bench.job import run_job
 from bench.row import to_json
+from models.stages import STAGES
 
 EXIT = {"ok": 0, "skipped": 0, "failed": 1, "oom": 1, "invalid": 2}
 _STARTED = False  # set once Hydra hands over a composed config: exit 1 before that is a Hydra error
@@ -41,8 +42,7 @@ def main(cfg: DictConfig) -> int:
     return code
 
 
-STAGE_NAMES = {"backbone": "backbone", "pixel_decoder": "pixel decoder", "transformer_decoder": "decoder",
-               "postprocess": "post"}
+STAGE_NAMES = dict(zip(STAGES, ("backbone", "pixel decoder", "decoder", "post"), strict=True))  # as printed
 
 
 def summary(row: dict[str, Any], result: Path) -> str:

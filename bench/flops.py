@@ -33,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import models.ops  # noqa: F401  (registers torch.ops.encbench.msda, counted below)
+from models.stages import STAGES
 
 aten = torch.ops.aten
 
@@ -257,7 +258,7 @@ def flops_by_path(model: nn.Module, fn: Callable[[], Any]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- the job's FLOP columns
-TOP_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
+TOP_STAGES = STAGES
 
 
 def stage_paths(model: nn.Module) -> dict[str, str]:

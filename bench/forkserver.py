@@ -37,7 +37,7 @@ from typing import IO, Any
 # what a job imports before it measures (the slow part of a job's start)
 PRELOAD = ("torch", "transformers", "hydra", "omegaconf", "numpy", "fvcore.nn", "ptflops.aten_engine",
            "torch.utils.flop_counter", "torch.profiler", "bench.job", "bench.measures",
-           "bench.flops", "bench.env", "models", "models.backbones.hf")
+           "bench.flops", "bench.env", "models", "models.build", "models.backbones.hf")
 
 
 def preload() -> None:

@@ -25,8 +25,7 @@ from torch.autograd.profiler import record_function
 
 from bench.flops import flops_by_path, stage_paths
 from bench.roofline import measure_ceilings, min_bytes_by_path, roofline_table
-
-TOP_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
+from models.stages import STAGES
 
 
 def profile_ranges(model: nn.Module) -> dict[str, str]:
@@ -100,7 +99,7 @@ def layer_table(times: Mapping[str, float], flops: Mapping[str, float], ranges: 
                 ceilings: Mapping[str, float] | None = None) -> pd.DataFrame:
     """One row per range: time, share of the model total, G-MACs, achieved TFLOP/s and, with bytes and
     ceilings, the roofline columns (minimum MB moved, floor ms, bound, achieved fraction of the floor)."""
-    total = sum(times[s] for s in TOP_STAGES if s in times)
+    total = sum(times[s] for s in STAGES if s in times)
     rows = []
     for name, path in ranges.items():
         t, f = times.get(name, float("nan")), flops.get(path, 0.0)

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-STAGES = ("backbone", "pixel_decoder", "pixel_decoder_layers", "pixel_embedding", "transformer_decoder",
-          "postprocess")
-TIMED_STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
+from models.stages import ALL_STAGES as STAGES  # every stage and sub-stage, in column order
+from models.stages import STAGES as TIMED_STAGES  # the top stages: timed by hooks on their boundaries
+
 STATUSES = ("ok", "failed", "oom", "skipped", "invalid")
 
 SCHEMA_VERSION = 2  # docs/results.md: bump when a column is renamed, removed or changes meaning

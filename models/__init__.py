@@ -4,11 +4,22 @@ Models know nothing of measurement. Create any model with :func:`build_model` fr
 list what exists with the registries ``BACKBONES``, ``ENCODERS``, ``DECODERS``, ``MSDA_BACKENDS``.
 """
 
-from models.backbones import BACKBONES
-from models.build import build_model
-from models.decoders import DECODERS
-from models.encoders import ENCODERS
-from models.ops import MSDA_BACKENDS
-from models.segmentor import STAGES, SUB_STAGES, Segmentor
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from models.stages import STAGES, SUB_STAGES
+
+# imported on first use, so that ``models.stages`` (plain names) costs no torch import
+_LAZY = {"BACKBONES": "models.backbones", "build_model": "models.build", "DECODERS": "models.decoders",
+         "ENCODERS": "models.encoders", "MSDA_BACKENDS": "models.ops", "Segmentor": "models.segmentor"}
 
 __all__ = ["BACKBONES", "DECODERS", "ENCODERS", "MSDA_BACKENDS", "STAGES", "SUB_STAGES", "Segmentor", "build_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

@@ -15,9 +15,8 @@ from torch import nn
 
 from models.encoders import PixelDecoder
 from models.postprocess import PostProcessor
+from models.stages import STAGES, SUB_STAGES  # noqa: F401  (re-exported)
 
-STAGES = ("backbone", "pixel_decoder", "transformer_decoder", "postprocess")
-SUB_STAGES = {"pixel_decoder": ("pixel_decoder_layers", "pixel_embedding")}
 PIXEL_MEAN = (123.675, 116.280, 103.530)  # Mask2Former's ImageNet mean/std, 0-255 RGB
 PIXEL_STD = (58.395, 57.120, 57.375)
 

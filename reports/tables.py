@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from models.stages import STAGES  # noqa: F401  (the figures read them from here)
 from reports.reference import label_hardware
 from reports.render import Table, markdown_table, shown_values
 
@@ -17,7 +18,6 @@ GROUP = ["hardware", "device", "precision", "mode", "msda_backend", "batch", "re
 # the fast-path section compares execution configurations within one measured setting
 SETTING = ["hardware", "device", "batch", "resolution", "dataset", "backbone"]
 EXECUTION = ["msda_backend", "mode", "precision", "force_fp32"]
-STAGES = ["backbone", "pixel_decoder", "transformer_decoder", "postprocess"]
 
 
 def load_accuracy(path: Path | str | None = None, measured: pd.DataFrame | None = None) -> pd.DataFrame:

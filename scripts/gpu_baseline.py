@@ -24,6 +24,7 @@ from torch import nn
 from bench.config import compose
 from bench.timing import IterationClock, StageClock
 from models import build_model
+from models.stages import FORWARD_STAGES
 
 SWIN = {"swin_t": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7)}
 
@@ -86,8 +87,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows = [
         measure("encbench", ours, lambda: ours(images, postprocess=False),
-                {k: v for k, v in ours.stage_modules().items() if k in ("backbone", "pixel_decoder",
-                                                                        "transformer_decoder")},
+                {k: v for k, v in ours.stage_modules().items() if k in FORWARD_STAGES},
                 device, args.iters, args.warmup),
         measure("transformers", hf, lambda: hf(pixel_values=pixel_values),
                 {"backbone": hf.model.pixel_level_module.encoder, "pixel_decoder": hf.model.pixel_level_module.decoder,

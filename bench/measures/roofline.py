@@ -8,6 +8,7 @@ from typing import Any
 from bench.flops import flops_by_path, stage_paths
 from bench.measures import JobContext, measure
 from bench.roofline import measure_ceilings, min_bytes_by_path, roofline_table
+from models.stages import FORWARD_STAGES
 
 
 @measure("roofline", order=50)
@@ -20,7 +21,7 @@ def measure_roofline(ctx: JobContext) -> dict[str, Any]:
     stages = stage_paths(model)
     paths = {"total": "", "pixel_decoder": stages["pixel_decoder"]}
     by_path = flops_by_path(model, fn)
-    flops = {"total": sum(by_path.get(stages[s], 0.0) for s in ("backbone", "pixel_decoder", "transformer_decoder")),
+    flops = {"total": sum(by_path.get(stages[s], 0.0) for s in FORWARD_STAGES),
              "pixel_decoder": by_path.get(stages["pixel_decoder"], 0.0)}
     nbytes = min_bytes_by_path(model, paths, fn)
     pd_ms = row.get("latency_ms_pixel_decoder_alone_p50")

@@ -123,7 +123,8 @@ class PixelDecoder(nn.Module):
 
     @staticmethod
     def variant_label(options: Mapping[str, Any]) -> str | None:
-        """A short label of this configuration (``proscale(3,3,3)+lpe+trc``); None: the registered name."""
+        """A short label of this configuration (``proscale(3,3,3)+lpe+trc``); None: the registered name.
+        ``options`` holds every knob: the config's, and the builder's defaults for the rest."""
         return None
 
     def __init__(self, in_channels: Mapping[str, int], force_fp32: bool = True) -> None:

@@ -140,9 +140,8 @@ class LiteM2FPixelDecoder(PixelDecoder):
 
     @staticmethod
     def variant_label(options: Mapping[str, Any]) -> str:
-        high, blocks = options.get("high_levels", 2), options.get("blocks", 3)
-        label = f"lite_m2f(h{high},{blocks}x{options.get('layers_per_block', 2)})"
-        return label + ("+kda" if options.get("kda") else "") + ("" if options.get("small_ffn", True) else "+fullffn")
+        label = f"lite_m2f(h{options['high_levels']},{options['blocks']}x{options['layers_per_block']})"
+        return label + ("+kda" if options["kda"] else "") + ("" if options["small_ffn"] else "+fullffn")
 
     def __init__(self, in_channels: Mapping[str, int], high_levels: int = 2, blocks: int = 3,
                  layers_per_block: int = 2, kda: bool = False, small_ffn: bool = True, d_model: int = 256,

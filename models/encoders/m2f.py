@@ -73,7 +73,7 @@ class M2FPixelDecoder(PixelDecoder):
 
     @staticmethod
     def variant_label(options: Mapping[str, Any]) -> str | None:
-        return f"m2f({options['num_layers']})" if options.get("num_layers", 6) != 6 else None
+        return f"m2f({options['num_layers']})" if options["num_layers"] != 6 else None  # 6: the published depth
 
     def __init__(self, in_channels: Mapping[str, int], d_model: int = 256, mask_dim: int = 256,
                  num_layers: int = 6, ffn_dim: int = 1024, n_heads: int = 8, n_points: int = 4,

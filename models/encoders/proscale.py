@@ -125,10 +125,10 @@ class ProScalePixelDecoder(PixelDecoder):
 
     @staticmethod
     def variant_label(options: Mapping[str, Any]) -> str:
-        label = "proscale(" + ",".join(str(n) for n in options.get("layers", (3, 3, 3))) + ")"
-        label += "+lpe" if options.get("lpe", True) else ""
-        label += {"faithful": "+trc", "fixed": "+trc_fixed", "off": ""}[options.get("trc", "faithful")]
-        return label + ("+res" if options.get("residual") else "")
+        label = "proscale(" + ",".join(str(n) for n in options["layers"]) + ")"
+        label += "+lpe" if options["lpe"] else ""
+        label += {"faithful": "+trc", "fixed": "+trc_fixed", "off": ""}[options["trc"]]
+        return label + ("+res" if options["residual"] else "")
 
     def __init__(self, in_channels: Mapping[str, int], layers: Sequence[int] = (3, 3, 3), lpe: bool = True,
                  trc: TrcMode = "faithful", residual: bool = False, trc_temperature: float = 0.1,

@@ -169,8 +169,8 @@ class RTM2FPixelDecoder(PixelDecoder):
 
     @staticmethod
     def variant_label(options: Mapping[str, Any]) -> str:
-        label = f"rt_m2f(e{float(options.get('expansion', 1.0)):g})"
-        return label + ("+pos_fixed" if options.get("pos_embed") == "fixed" else "")
+        label = f"rt_m2f(e{float(options['expansion']):g})"
+        return label + ("+pos_fixed" if options["pos_embed"] == "fixed" else "")
 
     def __init__(self, in_channels: Mapping[str, int], expansion: float = 1.0, pos_embed: PosEmbedMode = "faithful",
                  num_blocks: int = 3, d_model: int = 256, mask_dim: int = 256, ffn_dim: int = 1024, n_heads: int = 8,
