@@ -148,7 +148,8 @@ def code_version() -> str:
     return code_fingerprint()
 
 
-LATENCY_CI = {"pd_latency_ms": "pd_latency_ci95", "latency_ms_p50": "latency_ms_ci95"}
+LATENCY_CI = {"pd_latency_ms": "pd_latency_ci95", "latency_ms_p50": "latency_ms_ci95",
+              "latency_ms_pixel_decoder_alone_p50": "latency_ms_pixel_decoder_alone_ci95"}
 
 
 def speed_conversion(g: pd.DataFrame, lat: str = "pd_latency_ms", macs: str = "gmacs_pixel_decoder"

@@ -384,14 +384,24 @@ def ratios(summary: dict) -> dict[str, Any]:
 
 
 def speed_conversion(m2f: dict, ps: dict) -> dict[str, float]:
-    """Latency reduction / MAC reduction of the pixel decoder (alone) and of the whole forward."""
-    mac = 1 - ps["gmacs_analytic_pixel_decoder"] / m2f["gmacs_analytic_pixel_decoder"]
-    out = {"mac_reduction": mac}
+    """Latency reduction / MAC reduction of the pixel decoder (alone) and of the whole forward, by the
+    report's function (``reports.tables.speed_conversion``) on the analytic pixel-decoder MACs (these jobs
+    count no FLOPs), with the 95 % interval of each latency reduction."""
+    import pandas as pd
+
+    from reports.tables import speed_conversion as conversion
+
+    rows = pd.DataFrame([{**m2f, "encoder": "m2f", "variant": "m2f"}, {**ps, "encoder": "ps", "variant": "ps"}])
+    out: dict[str, float] = {}
     for key, col in (("pixel_decoder", "latency_ms_pixel_decoder_alone_p50"), ("model", "latency_ms_p50")):
-        if isinstance(ps.get(col), float) and isinstance(m2f.get(col), float):
-            lat = 1 - ps[col] / m2f[col]
-            out[f"{key}_latency_reduction"] = lat
-            out[f"{key}_conversion"] = lat / mac
+        if not all(isinstance(r.get(col), float) for r in (m2f, ps)):
+            continue
+        t = conversion(rows, lat=col, macs="gmacs_analytic_pixel_decoder").set_index("variant").loc["ps"]
+        out.update({"mac_reduction": float(t["mac_reduction"]),
+                    f"{key}_latency_reduction": float(t["latency_reduction"]),
+                    f"{key}_latency_reduction_ci": [float(t["latency_reduction_low"]),
+                                                    float(t["latency_reduction_high"])],
+                    f"{key}_conversion": float(t["speed_conversion"])})
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -80,6 +81,13 @@ def test_ratios_from_rows():
     conv = r["ps333_speed_conversion_eager_fp32_pytorch"]
     assert conv["mac_reduction"] == 0.5 and conv["pixel_decoder_conversion"] == pytest.approx(0.5)
     assert conv["model_conversion"] == pytest.approx(0.25)
+    # the report's function computed it: with intervals, the same rows give the same numbers there
+    from reports.tables import speed_conversion
+
+    report = speed_conversion(pd.DataFrame([{**rows["m2f"], "encoder": "m2f", "variant": "m2f"},
+                                            {**rows["ps333"], "encoder": "proscale", "variant": "ps"}]),
+                              lat="latency_ms_pixel_decoder_alone_p50", macs="gmacs_analytic_pixel_decoder")
+    assert report.set_index("variant").loc["ps", "speed_conversion"] == conv["pixel_decoder_conversion"]
     assert r["repeat_p50_spread"] == pytest.approx(4 / 82)
     assert r["m2f_vs_transformers_latency"] == pytest.approx(0.8)
     assert r["fastest_m2f_pixel_decoder_vs_transformers"]["speedup"] == pytest.approx(5.0)
