@@ -16,8 +16,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = (("models", "**/*.py"), ("bench", "**/*.py"), ("conf", "**/*.yaml"))
-NOT_MEASURING = {"bench/sweep.py", "bench/store.py", "bench/locks.py", "bench/fingerprint.py", "bench/__main__.py",
-                 "bench/forkserver.py", "conf/evaluate.yaml", "models/checkpoints.py"}
+NOT_MEASURING = {"bench/sweep.py", "bench/plan.py", "bench/supervise.py", "bench/store.py", "bench/locks.py",
+                 "bench/fingerprint.py", "bench/__main__.py", "bench/forkserver.py", "conf/evaluate.yaml",
+                 "models/checkpoints.py"}
 NOT_MEASURING_DIRS = ("bench/evaluate/", "conf/data/")  # accuracy: scores predictions, times nothing
 LIBRARIES = ("torch", "transformers", "fvcore", "ptflops", "triton", "numpy", "nvidia-ml-py")
 
