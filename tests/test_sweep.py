@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from bench.plan import SweepError, expand, plan
 from bench.store import ResultStore
-from bench.sweep import SweepError, expand, plan, run_sweep
+from bench.sweep import run_sweep
 from reports.build import build_report
 from tests.conftest import write_tiny_sweep
 
