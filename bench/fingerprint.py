@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCES = (("models", "**/*.py"), ("bench", "**/*.py"), ("conf", "**/*.yaml"))
 NOT_MEASURING = {"bench/sweep.py", "bench/plan.py", "bench/supervise.py", "bench/store.py", "bench/locks.py",
                  "bench/fingerprint.py", "bench/__main__.py", "bench/forkserver.py", "conf/evaluate.yaml",
-                 "models/checkpoints.py"}
+                 "models/checkpoints.py", "models/hf_names.py"}
 NOT_MEASURING_DIRS = ("bench/evaluate/", "conf/data/")  # accuracy: scores predictions, times nothing
 LIBRARIES = ("torch", "transformers", "fvcore", "ptflops", "triton", "numpy", "nvidia-ml-py")
 

@@ -326,7 +326,7 @@ def test_a_transformers_state_dict_loads_and_gives_transformers_outputs(tmp_path
 
 
 def test_a_transformers_tensor_no_rule_places_is_named():
-    from models.checkpoints import transformers_to_d2
+    from models.hf_names import transformers_to_d2
 
     with pytest.raises(CheckpointError, match=r"1 transformers tensor\(s\) match no rule, e.g. \['model.extra.w'\]"):
         transformers_to_d2({"model.pixel_level_module.encoder.embedder.embedder.convolution.weight": torch.zeros(1),

@@ -72,3 +72,25 @@ def test_stage_names_are_defined_once():
     spelled = [str(p.relative_to(REPO)) for folder in ("bench", "models", "reports", "scripts")
                for p in (REPO / folder).rglob("*.py") if STAGE_LIST.search(p.read_text())]
     assert spelled == ["models/stages.py"]
+
+
+def test_files_stay_small_and_measuring_never_imports_reporting():
+    sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for folder in ("bench", "models", "reports",
+                                                                                     "scripts")
+             for p in (REPO / folder).rglob("*.py")}
+    assert {f: n for f, n in sizes.items() if n > 420} == {}
+    upward = [str(p.relative_to(REPO)) for p in (REPO / "bench").rglob("*.py")
+              if re.search(r"^\s*(from|import) reports\b", p.read_text(), re.M)]
+    assert upward == []
+
+
+def test_each_pixel_decoder_owns_its_checkpoint_names():
+    from models.checkpoints import encoder_rules
+
+    targets = {repl for _, repl in encoder_rules()}
+    assert "pixel_decoder.transformer.trc.linear.\\1" in targets  # PRO-SCALE's own gate
+    assert ENCODERS.get("m2f").from_checkpoint([3] * 6, {"sem_seg_head.pixel_decoder.layer_1.weight"}) == {
+        "encoder": "m2f", "encoder.num_layers": 6}
+    assert ENCODERS.get("proscale").from_checkpoint([3] * 6, {"sem_seg_head.pixel_decoder.layer_1.weight"}) is None
+    assert ENCODERS.get("proscale").from_checkpoint([1, 2, 2, 3], set()) == {
+        "encoder": "proscale", "encoder.layers": [1, 2, 1], "encoder.lpe": True, "encoder.trc": "off"}

@@ -127,6 +127,15 @@ class PixelDecoder(nn.Module):
         ``options`` holds every knob: the config's, and the builder's defaults for the rest."""
         return None
 
+    # this pixel decoder's tensors in an official (detectron2) checkpoint: (name pattern, encbench name) rules
+    checkpoint_rules: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    @staticmethod
+    def from_checkpoint(levels: list[int], names: set[str]) -> dict[str, Any] | None:
+        """The overrides that build this pixel decoder from an official checkpoint, given the level count of
+        each of its deformable layers and its tensor names; None: the checkpoint is not of this kind."""
+        return None
+
     def __init__(self, in_channels: Mapping[str, int], force_fp32: bool = True) -> None:
         super().__init__()
         missing = [k for k in LEVELS if k not in in_channels]

@@ -26,6 +26,8 @@ from models.encoders.base import (
 )
 from models.layers import MSDeformEncoderLayer, PositionEmbeddingSine
 
+TRC_PREFIX = "sem_seg_head.pixel_decoder.transformer.encoder.token_excite."  # PRO-SCALE's TRC gate
+
 
 class MSDeformEncoder(nn.Module):
     """Input projections + positional/level encodings + deformable layers over 3 levels."""
@@ -74,6 +76,30 @@ class M2FPixelDecoder(PixelDecoder):
     @staticmethod
     def variant_label(options: Mapping[str, Any]) -> str | None:
         return f"m2f({options['num_layers']})" if options["num_layers"] != 6 else None  # 6: the published depth
+
+    checkpoint_rules = (  # Mask2Former's MSDeformAttnPixelDecoder (sem_seg_head.pixel_decoder.*)
+        (r"^sem_seg_head\.pixel_decoder\.input_proj\.(\d)\.([01])\.(weight|bias)$",
+         r"pixel_decoder.transformer.input_proj.\1.\2.\3"),
+        (r"^sem_seg_head\.pixel_decoder\.transformer\.level_embed$", r"pixel_decoder.transformer.level_embed"),
+        (r"^sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.(.*)$",
+         r"pixel_decoder.transformer.layers.\1.\2"),
+        (r"^sem_seg_head\.pixel_decoder\.adapter_1\.weight$", r"pixel_decoder.pixel_embedding.lateral_conv.0.weight"),
+        (r"^sem_seg_head\.pixel_decoder\.adapter_1\.norm\.(weight|bias)$",
+         r"pixel_decoder.pixel_embedding.lateral_conv.1.\1"),
+        (r"^sem_seg_head\.pixel_decoder\.layer_1\.weight$", r"pixel_decoder.pixel_embedding.output_conv.0.weight"),
+        (r"^sem_seg_head\.pixel_decoder\.layer_1\.norm\.(weight|bias)$",
+         r"pixel_decoder.pixel_embedding.output_conv.1.\1"),
+        (r"^sem_seg_head\.pixel_decoder\.mask_features\.(weight|bias)$",
+         r"pixel_decoder.pixel_embedding.mask_features.\1"),
+    )
+
+    @staticmethod
+    def from_checkpoint(levels: list[int], names: set[str]) -> dict[str, Any] | None:
+        """Every layer over all 3 levels, the stride-4 conv, no TRC: M2F with that many layers."""
+        trc = any(n.startswith(TRC_PREFIX) for n in names)
+        if trc or "sem_seg_head.pixel_decoder.layer_1.weight" not in names or any(v != 3 for v in levels):
+            return None
+        return {"encoder": "m2f", "encoder.num_layers": len(levels)}
 
     def __init__(self, in_channels: Mapping[str, int], d_model: int = 256, mask_dim: int = 256,
                  num_layers: int = 6, ffn_dim: int = 1024, n_heads: int = 8, n_points: int = 4,

@@ -19,7 +19,7 @@ from torch import nn
 from models.encoders import ENCODERS
 from models.encoders.analytic import C, Tokens, deform_layer
 from models.encoders.base import PixelDecoder, PixelEmbedding, flatten_levels, reference_points, split_levels
-from models.encoders.m2f import MSDeformEncoder
+from models.encoders.m2f import TRC_PREFIX, M2FPixelDecoder, MSDeformEncoder
 from models.layers import MSDeformEncoderLayer
 
 TRC_MODES = ("faithful", "fixed", "off")
@@ -129,6 +129,21 @@ class ProScalePixelDecoder(PixelDecoder):
         label += "+lpe" if options["lpe"] else ""
         label += {"faithful": "+trc", "fixed": "+trc_fixed", "off": ""}[options["trc"]]
         return label + ("+res" if options["residual"] else "")
+
+    # the released code keeps M2F's names and adds the TRC gate (a Linear: token_excite.ops)
+    checkpoint_rules = M2FPixelDecoder.checkpoint_rules + (
+        (r"^sem_seg_head\.pixel_decoder\.transformer\.encoder\.token_excite\.ops\.(weight|bias)$",
+         r"pixel_decoder.transformer.trc.linear.\1"),)
+
+    @staticmethod
+    def from_checkpoint(levels: list[int], names: set[str]) -> dict[str, Any] | None:
+        """Layers over 1, then 2, then 3 levels (the schedule), LPE when the stride-4 conv is absent, TRC when
+        its gate is present (the released, faithful layout)."""
+        if levels != sorted(levels) or not set(levels) <= {1, 2, 3} or M2FPixelDecoder.from_checkpoint(levels, names):
+            return None  # (an M2F checkpoint is M2F's)
+        return {"encoder": "proscale", "encoder.layers": [levels.count(k) for k in (1, 2, 3)],
+                "encoder.lpe": "sem_seg_head.pixel_decoder.layer_1.weight" not in names,
+                "encoder.trc": "faithful" if any(n.startswith(TRC_PREFIX) for n in names) else "off"}
 
     def __init__(self, in_channels: Mapping[str, int], layers: Sequence[int] = (3, 3, 3), lpe: bool = True,
                  trc: TrcMode = "faithful", residual: bool = False, trc_temperature: float = 0.1,
