@@ -8,6 +8,7 @@ G-MACs per stage, latency with its interval, memory, where the row is) goes to s
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,21 +53,21 @@ def summary(row: dict[str, Any], result: Path) -> str:
     size = f"{row.get('height')}x{row.get('width')} b{row.get('batch')}"
     lines = [f"encbench: {what} {size} {row.get('precision')} {row.get('mode')} {row.get('device')}: {row['status']}"]
     if _num(row.get("params_total")):
-        lines.append(f"  params     {row['params_total'] / 1e6:.2f} M (pixel decoder "
+        lines.append(f"  params       {row['params_total'] / 1e6:.2f} M (pixel decoder "
                      f"{row.get('params_pixel_decoder', 0) / 1e6:.2f} M)")
     for unit, prefix in (("G-MACs ", "gmacs_"), ("G-FLOPs", "gflops_")):
         if _num(row.get(f"{prefix}total")):
             stages = "  ".join(f"{name} {row[prefix + s]:.2f}" for s, name in STAGE_NAMES.items()
                                if _num(row.get(prefix + s)))
-            lines.append(f"  {unit}    total {row[prefix + 'total']:.2f}  ({stages})")
+            lines.append(f"  {unit}      total {row[prefix + 'total']:.2f}  ({stages})")
     for label, col in (("latency", "latency_ms"), ("pixdec alone", "latency_ms_pixel_decoder_alone")):
         if _num(row.get(f"{col}_p50")):
-            lines.append(f"  {label:<10} {row[col + '_p50']:.1f} ms p50 (95 % CI +-{row.get(col + '_ci95', 0):.1f} ms)")
+            lines.append(f"  {label:<12} {row[col + '_p50']:.1f} ms p50 (95 % CI +-{row.get(col + '_ci95', 0):.1f} ms)")
     if _num(row.get("mem_peak_alloc_mb")):
-        lines.append(f"  memory     peak {row['mem_peak_alloc_mb']:.0f} MB of tensors")
+        lines.append(f"  memory       peak {row['mem_peak_alloc_mb']:.0f} MB of tensors")
     if _num(row.get("energy_j_per_img_net")):
-        lines.append(f"  energy     {row['energy_j_per_img_net']:.2f} J/img net of idle")
-    lines.append(f"  row        {result}" + (" (make collect adds it to results/, then make report)"
+        lines.append(f"  energy       {row['energy_j_per_img_net']:.2f} J/img net of idle")
+    lines.append(f"  row          {result}" + (" (make collect adds it to results/, then make report)"
                                                if result.exists() else " (not written)"))
     return "\n".join(lines)
 
@@ -89,7 +90,27 @@ def precheck(args: list[str]) -> str | None:
     return None
 
 
+def cpu_timing(args: list[str]) -> list[str]:
+    """``args`` with ``timing=cpu`` first when the job will run on a CPU and no timing preset is named (the
+    default preset is GPU-sized: minutes per latency job on a CPU). A sweep's jobs name their own."""
+    if any(a.lstrip("+~").startswith(("timing=", "timing/")) for a in args) or any(a.startswith("-") for a in args):
+        return args
+    device = next((a.split("=", 1)[1] for a in args if a.startswith("device=")), "auto")
+    if device == "cuda" or (device == "auto" and _cuda()):
+        return args
+    print("on a CPU: timing=cpu (short timing; timing=default for the GPU-sized loop)", file=sys.stderr)
+    return ["timing=cpu", *args]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def cli() -> None:
+    if "ENCBENCH_JOB_DIR" not in os.environ:  # a single job, not one of a sweep's
+        sys.argv[1:] = cpu_timing(sys.argv[1:])
     reason = precheck(sys.argv[1:])
     if reason:
         print(f"invalid configuration: {reason}", file=sys.stderr)

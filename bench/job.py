@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -57,7 +58,10 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
         check_out_dir(out_dir)  # a measurement that cannot be written is not started
         ctx = prepare(cfg, settings, row, out_dir)
         for m in ordered(settings.measures):
+            log.info("%s ...", m.name)  # progress on stderr: a CPU job can take minutes
+            started = time.perf_counter()
             columns = m.run(ctx)
+            log.info("%s: %.1f s", m.name, time.perf_counter() - started)
             invalid(row, columns.pop(INVALID, []))
             row.update(columns)
     except InvalidConfig as err:

@@ -185,8 +185,21 @@ def test_a_single_job_summary_reads_like_a_tool(tmp_path):
     (tmp_path / "result.json").write_text("{}")
     text = summary(row, tmp_path / "result.json")
     assert text.splitlines()[0] == "encbench: proscale(1,1,1)+lpe+trc r50 cityscapes 256x512 b1 fp32 eager cpu: ok"
-    assert "params     44.21 M (pixel decoder 2.56 M)" in text
-    assert "G-MACs     total 70.10  (backbone 21.40  pixel decoder 11.00  decoder 10.20  post 0.70)" in text
+    assert "params       44.21 M (pixel decoder 2.56 M)" in text
+    assert "G-MACs       total 70.10  (backbone 21.40  pixel decoder 11.00  decoder 10.20  post 0.70)" in text
     assert "G-FLOPs" not in text and "energy" not in text  # not measured: not shown
-    assert "latency    812.3 ms p50 (95 % CI +-12.0 ms)" in text and "pixdec alone 259.0 ms" in text
-    assert f"row        {tmp_path / 'result.json'} (make collect adds it" in text
+    assert "latency      812.3 ms p50 (95 % CI +-12.0 ms)" in text and "pixdec alone 259.0 ms" in text
+    assert f"row          {tmp_path / 'result.json'} (make collect adds it" in text
+
+
+def test_a_single_job_on_a_cpu_picks_the_short_timing_unless_told(monkeypatch, capsys):
+    from bench import __main__ as cli
+
+    monkeypatch.setattr(cli, "_cuda", lambda: False)
+    assert cli.cpu_timing(["measure=latency"]) == ["timing=cpu", "measure=latency"]
+    assert "timing=cpu (short timing" in capsys.readouterr().err
+    assert cli.cpu_timing(["timing=default", "measure=latency"]) == ["timing=default", "measure=latency"]
+    assert cli.cpu_timing(["device=cuda"]) == ["device=cuda"]
+    monkeypatch.setattr(cli, "_cuda", lambda: True)
+    assert cli.cpu_timing(["measure=latency"]) == ["measure=latency"]  # auto on a GPU machine: the GPU loop
+    assert cli.cpu_timing(["device=cpu"]) == ["timing=cpu", "device=cpu"]
