@@ -82,9 +82,14 @@ class FileLock:
     def stale_note(self) -> str | None:
         """A line about the dead holder whose lock was taken over, if there was one."""
         pid = self.previous.get("pid")
-        if pid and pid != os.getpid() and not (self.previous.get("host") == socket.gethostname() and pid_alive(pid)):
-            return f"took over a lock left by {self.describe(self.previous)}, which is no longer running"
-        return None
+        if not pid or pid == os.getpid():
+            return None
+        if self.previous.get("host") != socket.gethostname():  # another host's process cannot be looked up
+            return (f"took over a lock left by {self.describe(self.previous)}: its flock was free, so it no longer "
+                    "holds this directory (whether it still runs on that host cannot be seen from here)")
+        if pid_alive(pid):
+            return None
+        return f"took over a lock left by {self.describe(self.previous)}, which is no longer running"
 
     def release(self) -> None:
         if self.fd is not None:

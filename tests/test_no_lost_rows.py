@@ -183,3 +183,17 @@ def test_collect_finds_single_jobs_where_hydra_puts_them(tmp_path, monkeypatch, 
     assert "collected 1 new rows" in capsys.readouterr().out
     with ResultStore(tmp_path / "results" / "results.sqlite", readonly=True) as store:
         assert [r["run_id"] for r in store.rows()] == ["s1"]
+
+
+def test_a_lock_left_by_another_host_is_not_said_to_be_dead(tmp_path):
+    import json
+
+    path = tmp_path / ".sweep.lock"
+    path.write_text(json.dumps({"pid": 4242, "host": "elsewhere", "started": 0, "command": "bench.sweep cpu"}))
+    lock = FileLock(path, "the results directory").acquire()
+    try:
+        note = lock.stale_note()
+    finally:
+        lock.release()
+    assert "PID 4242 on elsewhere" in note and "no longer running" not in note
+    assert "cannot be seen from here" in note
