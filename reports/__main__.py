@@ -80,7 +80,7 @@ def run(command: str, opts: dict[str, str]) -> int:
         if command == "reference":
             return ship_reference(store.frame(), opts)
         if command == "export":
-            target = Path(opts.get("export", results / "export"))
+            target = output_dir(Path(opts.get("export", results / "export")), "export")
             try:
                 paths = store.export(target)
             except PermissionError:
@@ -90,8 +90,23 @@ def run(command: str, opts: dict[str, str]) -> int:
         rows, measured = store.frame(), store.accuracy()
     reference = None if opts.get("report.reference", "true").lower() in ("false", "0", "no") \
         else Path(opts.get("reference.dir", REFERENCE))
-    return build(rows, Path(opts.get("report.out", report_dir(results))), opts.get("report.accuracy"), reference,
-                 measured)
+    return build(rows, output_dir(Path(opts.get("report.out", report_dir(results))), "report.out"),
+                 opts.get("report.accuracy"), reference, measured)
+
+
+def output_dir(path: Path, key: str) -> Path:
+    """``path`` as a folder this command can write, created if need be; ``UsageError`` names the key."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{key}={path} is not a folder; name a writable folder with {key}=DIR")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"{key}={path} cannot be used as an output folder ({err.strerror or err}); name a "
+                         f"writable folder with {key}=DIR") from None
+    return path
 
 
 def rebuild(path: Path, roots: list[Path]) -> int:

@@ -59,6 +59,8 @@ class AccuracyError(ValueError):
 def read_user_accuracy(path: Path) -> pd.DataFrame:
     """A user's accuracy CSV; any problem is an ``AccuracyError``."""
     need = "columns dataset, backbone, variant, value (metric, source optional)"
+    if Path(path).is_dir():
+        raise AccuracyError(f"accuracy CSV {path} is a folder; name a CSV file with {need}")
     try:
         user = pd.read_csv(path, dtype={"variant": str})
     except FileNotFoundError:
@@ -74,6 +76,13 @@ def read_user_accuracy(path: Path) -> pd.DataFrame:
     if len(bad):
         raise AccuracyError(f"accuracy CSV {path}: column value must be numeric; line(s) "
                          f"{', '.join(str(i + 2) for i in bad.index[:5])} hold {list(bad.astype(str)[:5])}")
+    key = ["dataset", "backbone", "variant"] + (["metric"] if "metric" in user.columns else [])
+    twice = user[user.duplicated(key, keep=False)]
+    if len(twice):
+        first = twice.iloc[0]
+        lines = ", ".join(str(i + 2) for i in twice.index[:5])
+        raise AccuracyError(f"accuracy CSV {path}: lines {lines} give more than one value for "
+                            f"{', '.join(f'{k}={first[k]}' for k in key)} (and maybe others); keep one")
     return user.assign(value=values)
 
 

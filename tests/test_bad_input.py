@@ -119,18 +119,34 @@ ACCURACY_CASES = [
     ("dataset,backbone,variant,value\nade20k,r50,m2f,high\n", "column value must be numeric; line(s) 2 hold ['high']"),
     ("dataset,variant,value\nade20k,m2f,47\n", "lacks columns ['backbone']"),
     (None, "does not exist"),
+    ("dataset,backbone,variant,value\nade20k,r50,m2f,47\nade20k,r50,m2f,48\n",
+     "lines 2, 3 give more than one value for dataset=ade20k, backbone=r50, variant=m2f"),
+    ("folder", "is a folder; name a CSV file"),
 ]
 
 
-@pytest.mark.parametrize("content,message", ACCURACY_CASES, ids=["empty", "non-numeric", "missing-column", "absent"])
+@pytest.mark.parametrize("content,message", ACCURACY_CASES,
+                         ids=["empty", "non-numeric", "missing-column", "absent", "twice", "folder"])
 def test_a_bad_accuracy_csv_names_the_file(tmp_path, capsys, content, message):
     results = store_with_one_row(tmp_path)
     csv = tmp_path / "acc.csv"
-    if content is not None:
+    if content == "folder":
+        csv.mkdir()
+    elif content is not None:
         csv.write_text(content)
     assert reports_main(["build", f"results={results}", f"report.accuracy={csv}"]) == 2
     err = capsys.readouterr().err
     assert str(csv) in err and message in err, err
+
+
+@pytest.mark.parametrize("command,key", [("build", "report.out"), ("export", "export")])
+@pytest.mark.parametrize("target,message", [("/dev/null", "is not a folder"),
+                                            ("/proc/encbench", "cannot be used as an output folder")])
+def test_an_unusable_output_folder_is_named(tmp_path, capsys, command, key, target, message):
+    results = store_with_one_row(tmp_path)
+    assert reports_main([command, f"results={results}", f"{key}={target}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{key}={target} {message}" in err and "Traceback" not in err
 
 
 def test_user_strings_are_escaped_in_markdown_and_html(tmp_path):
