@@ -287,3 +287,17 @@ def test_ade20k_semantic_truth_is_the_annotation_minus_one(tmp_path):
     assert ds.records[0]["id"] == "ADE_val_00000001" and len(ds.categories) == 150
     assert item["semantic"][0].tolist() == [255, 255, 0, 0, 149, 149] and item["image"].shape == (640, 640, 3)
     assert "panoptic" not in item
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not an image"])
+def test_a_damaged_ground_truth_png_is_named(tmp_path, damage):
+    from PIL import Image
+
+    from bench.evaluate.datasets import DatasetError, read_ids
+
+    path = tmp_path / "000000000001.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"<html>not found</html>")
+    with pytest.raises(DatasetError, match=f"{path}.*cannot be read.*truncated or damaged"):
+        read_ids(path, "the ground-truth PNG")

@@ -37,15 +37,26 @@ def read_json(path: Path, what: str, keys: tuple[str, ...]) -> dict[str, Any]:
     return data
 
 
-def read_ids(path: Path, what: str) -> np.ndarray:
-    """The segment-id map of a COCO panoptic PNG."""
+def read_image(path: Path, what: str, mode: str | None = None, convert: bool = False) -> np.ndarray:
+    """An image file as an array; ``mode``: the PIL mode it must have (or, with ``convert``, is converted
+    to). A missing, truncated or damaged file is a ``DatasetError`` that names it."""
     from PIL import Image
 
     need_path(path, what)
-    with Image.open(path) as im:
-        if im.mode != "RGB":
-            raise DatasetError(f"{what} {path} is {im.mode}, not an RGB panoptic PNG")
-        return rgb2id(np.asarray(im))
+    try:
+        with Image.open(path) as im:
+            if mode and convert:
+                return np.asarray(im.convert(mode))
+            if mode and im.mode != mode:
+                raise DatasetError(f"{what} {path} is {im.mode}, not {mode}")
+            return np.asarray(im)
+    except (OSError, SyntaxError) as err:  # PIL: unidentified, truncated ("image file is truncated"), ...
+        raise DatasetError(f"{what} {path} cannot be read ({err}); is it truncated or damaged?") from None
+
+
+def read_ids(path: Path, what: str) -> np.ndarray:
+    """The segment-id map of a COCO panoptic PNG."""
+    return rgb2id(read_image(path, what, "RGB"))
 
 
 @dataclass

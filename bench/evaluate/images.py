@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.evaluate.datasets import DatasetError, need_path, read_ids, read_json
+from bench.evaluate.datasets import DatasetError, need_path, read_ids, read_image, read_json
 
 IGNORE = 255
 SEMANTIC_SOURCES = ("panoptic", "labelids", "ade", "none")
@@ -49,11 +49,7 @@ def resize_image(image: np.ndarray, short: int, max_size: int) -> np.ndarray:
 
 def read_rgb(path: Path) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB (EXIF orientation is not applied, as detectron2's COCO readers)."""
-    from PIL import Image
-
-    need_path(path, "the image")
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    return read_image(path, "the image", "RGB", convert=True)
 
 
 @dataclass(frozen=True)
@@ -152,11 +148,7 @@ class EvalDataset:
 
 
 def _read_label(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    need_path(path, "the semantic ground-truth PNG")
-    with Image.open(path) as im:
-        return np.asarray(im)
+    return read_image(path, "the semantic ground-truth PNG")
 
 
 def open_dataset(data: Mapping[str, Any]) -> EvalDataset:
