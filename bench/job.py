@@ -20,7 +20,7 @@ from bench import energy
 from bench.env import capture
 from bench.fingerprint import code_changed, code_fingerprint
 from bench.locks import FileLock, LockHeld, gpu_lock_path
-from bench.measures import INVALID, JobContext, ordered
+from bench.measures import INVALID, JobContext, ordered, timed_names
 from bench.row import STAGES, config_hash, new_row, to_json
 from bench.runners import make_runner
 from bench.settings import InvalidConfig, JobSettings, check_model, measured_config
@@ -28,7 +28,6 @@ from models.encoders import variant_name
 from models.encoders.analytic import NoAnalyticModel, pixel_decoder_macs
 
 log = logging.getLogger("bench")
-TIMED = {"latency", "energy", "profile"}  # measures that must have the GPU to themselves
 GPU_WAIT_S = 600.0
 _held: list[FileLock] = []  # the GPU lock, held until the job process exits
 code_fingerprint()  # the code this process imported (models are imported above): what its rows carry
@@ -147,7 +146,7 @@ def prepare(cfg: dict[str, Any], settings: JobSettings, row: dict[str, Any], out
 def hold_gpu(device: torch.device, measures: tuple[str, ...]) -> None:
     """Take the machine-wide lock of this GPU for a timed job (waits up to ``GPU_WAIT_S`` for another
     encbench job, from any results directory, to finish); a job that cannot have it fails, untimed."""
-    if device.type != "cuda" or not TIMED & set(measures) or _held:
+    if device.type != "cuda" or not timed_names() & set(measures) or _held:
         return
     key = str(torch.cuda.get_device_properties(device).uuid)
     lock = FileLock(gpu_lock_path(key), f"GPU {torch.cuda.get_device_name(device)} ({key})")

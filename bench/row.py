@@ -24,11 +24,12 @@ IDENTITY = ["schema_version", "run_id", "config_hash", "sweep", "created_at", "g
             "status", "error", "measure"]
 CONFIG = ["encoder", "variant", "backbone", "dataset", "height", "width", "batch", "precision", "force_fp32", "mode",
           "device", "msda_backend"]
-SIZE = (["params_total"] + [f"params_{s}" for s in STAGES]
-        + ["gmacs_total"] + [f"gmacs_{s}" for s in STAGES]
-        + ["gflops_total"] + [f"gflops_{s}" for s in STAGES]
-        + ["gmacs_ptflops_total", "gmacs_analytic_pixel_decoder", "flop_coverage", "flop_coverage_fvcore",
-           "unsupported_ops", "flops_seconds"])
+PARAMS = ["params_total"] + [f"params_{s}" for s in STAGES]  # the job's (counted for every row)
+FLOP_COUNTS = (["gmacs_total"] + [f"gmacs_{s}" for s in STAGES] + ["gflops_total"] + [f"gflops_{s}" for s in STAGES]
+               + ["gmacs_ptflops_total"])
+FLOP_QUALITY = ["flop_coverage", "flop_coverage_fvcore", "unsupported_ops", "flops_seconds"]
+FLOPS = FLOP_COUNTS + FLOP_QUALITY  # the flops measure's
+SIZE = PARAMS + FLOP_COUNTS + ["gmacs_analytic_pixel_decoder"] + FLOP_QUALITY  # analytic: the job's
 SPEED = (["latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_ci95",
           "latency_ms_std", "wall_ms_p50", "fps", "latency_ms_e2e_p50", "timing_iters", "timing_seconds",
           "warmup_iters", "warmup_stable"]

@@ -18,7 +18,6 @@ from bench.timing import TimingConfig
 
 log = logging.getLogger("bench")
 
-MEASURE_NAMES = ("flops", "latency", "memory", "energy", "error", "roofline", "profile")
 ALL = ("flops", "latency", "memory", "energy", "error")
 AUTO_CPU = ("flops", "memory", "error")
 DEVICES = ("auto", "cpu", "cuda")
@@ -63,12 +62,19 @@ def parse_measures(value: Any, device: torch.device | None = None) -> list[str]:
         else:
             expanded = ALL if item == "all" else (item,)
         for m in expanded:
-            choice("measure", m, (*MEASURE_NAMES, "all", "auto"))
+            choice("measure", m, (*measure_names(), "all", "auto"))
             if m not in out:
                 out.append(m)
     if not out:
-        raise InvalidConfig(f"measure is empty; valid choices: {', '.join((*MEASURE_NAMES, 'all', 'auto'))}")
+        raise InvalidConfig(f"measure is empty; valid choices: {', '.join((*measure_names(), 'all', 'auto'))}")
     return out
+
+
+def measure_names() -> tuple[str, ...]:
+    """The registered measures, in the order they run (``bench.measures``: one module each)."""
+    from bench.measures import MEASURES
+
+    return tuple(sorted(MEASURES.names(), key=lambda n: MEASURES.get(n).order))
 
 
 def resolve_device(value: str) -> torch.device:

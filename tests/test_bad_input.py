@@ -37,7 +37,7 @@ SWEEP_CASES = [
     (["timing.min_iters=-5"], "timing.min_iters=-5 must be >= 1"),
     (["timing.e2e=maybe"], "timing.e2e='maybe' must be bool"),
     (["energy.sample_period=0"], "energy.sample_period=0 must be >= 0.001"),
-    (["measure=speed"], "measure='speed' is not valid; valid choices: flops, latency"),
+    (["measure=speed"], "measure='speed' is not valid; valid choices: memory, flops, error, latency"),
     (["encoder.n_layers=3"], "unknown key 'encoder.n_layers'; valid keys of encoder (m2f): d_model, dropout"),
     (["timing.warmup=3"], "unknown key 'timing.warmup'; valid keys of timing: bootstrap, busy_iters"),
     (["msda_backend=cuda_ext"], "unknown msda_backend 'cuda_ext'; valid choices: pytorch, triton"),

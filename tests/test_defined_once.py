@@ -95,3 +95,16 @@ def test_each_pixel_decoder_owns_its_checkpoint_names():
     assert ENCODERS.get("proscale").from_checkpoint([3] * 6, {"sem_seg_head.pixel_decoder.layer_1.weight"}) is None
     assert ENCODERS.get("proscale").from_checkpoint([1, 2, 2, 3], set()) == {
         "encoder": "proscale", "encoder.layers": [1, 2, 1], "encoder.lpe": True, "encoder.trc": "off"}
+
+
+def test_measures_declare_their_columns_and_the_settings_read_the_registry():
+    from bench import row
+    from bench.measures import MEASURES, timed_names
+    from bench.settings import measure_names
+
+    declared = {c for n in MEASURES.names() for c in MEASURES.get(n).columns}
+    assert declared <= set(row.COLUMNS), sorted(declared - set(row.COLUMNS))
+    job_side = set(row.IDENTITY + row.CONFIG + row.PARAMS + ["gmacs_analytic_pixel_decoder"] + row.ENVIRONMENT)
+    assert set(row.COLUMNS) - job_side <= declared  # every measured column has a measure that fills it
+    assert set(measure_names()) == set(MEASURES.names()) and measure_names()[0] == "memory"  # in run order
+    assert timed_names() == {"latency", "energy", "profile"}

@@ -86,7 +86,7 @@ def test_measure_parsing():
     assert parse_measures("auto", torch.device("cpu")) == ["flops", "memory", "error"]
     assert parse_measures(["flops", "memory"]) == ["flops", "memory"]
     assert parse_measures("flops,profile") == ["flops", "profile"]
-    valid = "valid choices: flops, latency, memory, energy, error, roofline, profile, all"
+    valid = "valid choices: memory, flops, error, latency, roofline, energy, profile, all"
     with pytest.raises(job_mod.InvalidConfig, match=valid):
         parse_measures("speed")
 

@@ -5,7 +5,9 @@ the memoised runners, the GPU meter) and returns the columns it measured; ``INVA
 lists reasons that make the row ``valid=false``. The job runs the requested measures in ``order``:
 memory first (the CPU probe must see the process's first forward), then FLOPs, output error, latency,
 roofline (which reads the latency), energy, and the profile last, outside every timed window.
-A new measure is one module here plus its registration.
+A new measure is one module here plus its registration (``columns``: the schema columns it fills, listed in
+``bench.row``; ``timed``: whether it must have the GPU to itself); the ``measure=`` choices and the GPU lock
+read the registry.
 """
 
 from __future__ import annotations
@@ -47,22 +49,34 @@ class JobContext:
 
 @dataclass(frozen=True)
 class Measure:
+    """A measure: its name (the ``measure=`` value), its place in the order, what it runs, the result-row
+    columns it fills (``bench.row`` lists the schema), and whether it times something (a timed measure
+    holds the GPU's lock: two never overlap)."""
+
     name: str
     order: int
     run: Callable[[JobContext], dict[str, Any]]
+    columns: tuple[str, ...] = ()
+    timed: bool = False
 
 
 MEASURES: Registry[Measure] = Registry("measure")
 
 
-def measure(name: str, order: int) -> Callable[[Callable[[JobContext], dict[str, Any]]], Callable]:
+def measure(name: str, order: int, columns: tuple[str, ...] | list[str] = (), timed: bool = False
+            ) -> Callable[[Callable[[JobContext], dict[str, Any]]], Callable]:
     """Decorator registering ``run(ctx) -> columns`` as measure ``name`` at position ``order``."""
 
     def deco(fn: Callable[[JobContext], dict[str, Any]]) -> Callable[[JobContext], dict[str, Any]]:
-        MEASURES.register(name)(Measure(name, order, fn))
+        MEASURES.register(name)(Measure(name, order, fn, tuple(columns), timed))
         return fn
 
     return deco
+
+
+def timed_names() -> set[str]:
+    """The measures that must have the GPU to themselves."""
+    return {n for n in MEASURES.names() if MEASURES.get(n).timed}
 
 
 def ordered(names: tuple[str, ...] | list[str]) -> list[Measure]:
@@ -72,4 +86,4 @@ def ordered(names: tuple[str, ...] | list[str]) -> list[Measure]:
 
 from bench.measures import energy, error, flops, latency, memory, profile, roofline  # noqa: E402,F401
 
-__all__ = ["INVALID", "MEASURES", "JobContext", "Measure", "measure", "ordered"]
+__all__ = ["INVALID", "MEASURES", "JobContext", "Measure", "measure", "ordered", "timed_names"]

@@ -8,7 +8,7 @@ from bench.measures import JobContext, measure
 from bench.profile import profile_model
 
 
-@measure("profile", order=90)
+@measure("profile", order=90, columns=("artifacts",), timed=True)
 def measure_profile(ctx: JobContext) -> dict[str, Any]:
     s = ctx.settings
     return {"artifacts": profile_model(ctx.model, ctx.runner(True, "eager")[0], ctx.out_dir, s.profile.warmup,
