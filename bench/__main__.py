@@ -103,9 +103,9 @@ def cpu_timing(args: list[str]) -> list[str]:
 
 
 def _cuda() -> bool:
-    import torch
+    from bench.settings import auto_device
 
-    return torch.cuda.is_available()
+    return auto_device("auto").type == "cuda"
 
 
 def cli() -> None:

@@ -127,11 +127,9 @@ def expand(fixed: list[str], params: dict[str, str], extra: list[str]) -> list[l
 
 def hash_device(requested: Any):
     """The device a job will resolve to (as ``python -m bench`` does), for its ``config_hash``."""
-    import torch
+    from bench.settings import DEVICES, auto_device
 
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested if requested in ("cpu", "cuda") else "cpu")
+    return auto_device(requested if requested in DEVICES else "cpu")  # a bad name: validate() reports it
 
 
 def plan(name: str, extra: list[str]) -> list[Job]:

@@ -77,13 +77,20 @@ def measure_names() -> tuple[str, ...]:
     return tuple(sorted(MEASURES.names(), key=lambda n: MEASURES.get(n).order))
 
 
-def resolve_device(value: str) -> torch.device:
-    choice("device", value, DEVICES)
+def auto_device(value: str) -> torch.device:
+    """The one place ``auto`` is decided: CUDA when a GPU is present, else the CPU; any other name as torch
+    reads it (callers check what they accept)."""
     if value == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(value)
+
+
+def resolve_device(value: str) -> torch.device:
+    """A job's ``device``: one of ``DEVICES``; ``cuda`` without a GPU is ``NeedsOtherHardware``."""
+    choice("device", value, DEVICES)
     if value == "cuda" and not torch.cuda.is_available():
         raise NeedsOtherHardware("device=cuda but no CUDA device is available; use device=cpu or device=auto")
-    return torch.device(value)
+    return auto_device(value)
 
 
 # (low, high) bounds of the numeric knobs, inclusive; None: unbounded on that side

@@ -106,8 +106,10 @@ def model_config(overrides: Sequence[str]) -> Any:
 
 
 def device_of(name: str) -> torch.device:
+    from bench.settings import auto_device
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return auto_device(name)
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DatasetError(f"device={name}: no CUDA device is available here (device=cpu or auto)")
     if name != "cpu" and not name.startswith("cuda"):
