@@ -10,6 +10,7 @@ backbone) and stamped with it; fronts never mix hardware or precision.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,26 @@ from reports.tables import (
     narrow,
     paper_table,
     prepare,
+    read_user_accuracy,
     speed_conversion,
     write_table,
 )
+
+
+def unmatched_accuracy(user: pd.DataFrame, df: pd.DataFrame) -> list[str]:
+    """A warning for each line of a user's accuracy CSV that names no measured (dataset, backbone, variant):
+    a misspelt or reworded variant would otherwise drop its point silently."""
+    key = ["dataset", "backbone", "variant"]
+    measured = set(map(tuple, df[key].astype(str).drop_duplicates().to_numpy()))
+    out = []
+    for _, r in user.iterrows():
+        if tuple(str(r[k]) for k in key) not in measured:
+            near = sorted({v for d, b, v in measured if d == str(r["dataset"]) and b == str(r["backbone"])})
+            out.append(f"Warning: the accuracy CSV's {r['dataset']} / {r['backbone']} / {r['variant']} matches no "
+                       f"measured row, so it is shown nowhere; measured variants there: {', '.join(near) or 'none'}.")
+    for line in out:
+        print(line, file=sys.stderr)
+    return out
 
 
 def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str | None = None,
@@ -71,6 +89,8 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
         notes.append(f"{int(df['stale'].sum())} of {len(df)} rows were measured by other code than the current "
                      f"({code_version()}); the table marks them '(stale)'. A sweep re-measures them unless "
                      "--keep-stale.")
+    if accuracy:
+        notes += unmatched_accuracy(read_user_accuracy(Path(accuracy)), df)
     if df["latency_ms_p50"].isna().all():
         notes.append("No latency or energy was measured (no GPU): this report shows FLOPs, parameters and memory; "
                      "FPS and energy plots are omitted.")

@@ -108,3 +108,15 @@ def test_measures_declare_their_columns_and_the_settings_read_the_registry():
     assert set(row.COLUMNS) - job_side <= declared  # every measured column has a measure that fills it
     assert set(measure_names()) == set(MEASURES.names()) and measure_names()[0] == "memory"  # in run order
     assert timed_names() == {"latency", "energy", "profile"}
+
+
+def test_every_published_accuracy_label_is_a_label_the_code_gives():
+    """The published accuracy joins rows on the variant label: a reworded label would drop points silently."""
+    import pandas as pd
+
+    from bench.config import compose, to_dict
+
+    labels = {variant_name(to_dict(compose([f"encoder={p.stem}"]))["encoder"])
+              for p in (CONF / "encoder").glob("*.yaml")}
+    published = set(pd.read_csv(REPO / "reports" / "accuracy.csv", dtype={"variant": str})["variant"])
+    assert published - labels == set()

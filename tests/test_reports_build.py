@@ -208,3 +208,13 @@ def test_a_measured_accuracy_is_preferred_marked_and_its_precision_cost_tabled(t
     assert bf16["Δ headline vs fp32"] == pytest.approx(62.7 - 63.1)
     assert "measured_accuracy" in summary["tables"]
     assert "drawn as diamonds" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_an_accuracy_line_that_matches_no_measured_variant_is_named(tmp_path, capsys):
+    csv = tmp_path / "mine.csv"
+    csv.write_text('dataset,backbone,variant,value\ncityscapes,swin_t,"proscale(3,3,3)+lpe",61.0\n')  # no +trc
+    build_report(fake_rows(), tmp_path / "report", csv)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "cityscapes / swin_t / proscale(3,3,3)+lpe matches no measured row" in md
+    assert "proscale(3,3,3)+lpe+trc" in md.split("matches no measured row")[1].splitlines()[0]  # the near names
+    assert "matches no measured row" in capsys.readouterr().err
