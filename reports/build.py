@@ -11,6 +11,7 @@ backbone) and stamped with it; fronts never mix hardware or precision.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,27 @@ def unmatched_accuracy(user: pd.DataFrame, df: pd.DataFrame) -> list[str]:
     return out
 
 
+# each measurement group's figures: (draw, its arguments after the group; the name prefix)
+GROUP_FIGURES: tuple[tuple[Callable, dict[str, Any], str], ...] = (
+    (pareto_figure, dict(x="gmacs_total", xlabel="total G-MACs (measured, fvcore; paper 'GFLOPs')", log=True),
+     "pareto_gmacs_total"),
+    (pareto_figure, dict(x="gmacs_pixel_decoder", xlabel="pixel-decoder G-MACs (measured)", log=True),
+     "pareto_gmacs_pixdec"),
+    (pareto_figure, dict(x="fps", xlabel="FPS (measured)", higher_better=True), "pareto_fps"),
+    (pareto_figure, dict(x="energy_j_per_img_net", xlabel="energy per image, J (measured, net of idle)"),
+     "pareto_energy"),
+    (stacked_figure, dict(prefix="gmacs_", suffix="", ylabel="G-MACs per stage (measured)"), "stages_gmacs"),
+    (stacked_figure, dict(prefix="latency_ms_", suffix="_p50", ylabel="latency per stage, ms (measured)"),
+     "stages_latency"),
+    (flops_to_speed_figure, dict(y="pd_latency_ms", ylabel="pixel-decoder latency, ms (measured)"),
+     "flops_to_latency"),
+    (flops_to_speed_figure, dict(y="energy_j_per_img_net", ylabel="energy per image, J net (measured)"),
+     "flops_to_energy"),
+)
+# the scaling figures: (x column, its label, name), each for the pixel decoder's G-MACs and latency per image
+SCALING = (("pixels", "input pixels", "resolution_scaling"), ("batch", "batch", "batch_scaling"))
+
+
 def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str | None = None,
                  reference: Path | None = None, measured: pd.DataFrame | None = None) -> dict[str, Any]:
     """Write the report under ``out_dir``; returns what was written. With ``reference`` (a folder of
@@ -74,13 +96,20 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
     figs.mkdir(parents=True, exist_ok=True)
     tabs.mkdir(parents=True, exist_ok=True)
     df = prepare(rows, load_accuracy(accuracy, measured))
-    sections: list[Section] = []
     summary: dict[str, Any] = {"rows": int(len(rows)), "ok": int(len(df)), "figures": [], "tables": []}
     failed = rows[rows["status"] != "ok"] if len(rows) else rows
     if df.empty:
         write_report(out, measured_section(measured, tabs, summary), ["No successful measurements in the store."],
                      failed)
         return summary
+    headlines, groups = group_sections(df, figs, tabs, summary)
+    sections = [h for h in headlines if h.notes] + groups + extra_sections(df, measured, figs, tabs, summary)
+    write_report(out, sections, report_notes(df, shipped, accuracy), failed)
+    return summary
+
+
+def report_notes(df: pd.DataFrame, shipped: pd.DataFrame, accuracy: Path | str | None) -> list[str]:
+    """The notes at the top: reference rows, stale rows, unmatched accuracy lines, no latency."""
     notes = []
     if len(shipped):
         notes.append(f"{len(shipped)} rows are {LABEL} results ({', '.join(sorted(shipped['reference'].unique()))}; "
@@ -94,44 +123,42 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
     if df["latency_ms_p50"].isna().all():
         notes.append("No latency or energy was measured (no GPU): this report shows FLOPs, parameters and memory; "
                      "FPS and energy plots are omitted.")
-    headlines: dict[str, Section] = {}  # per hardware: the speed-conversion finding, first in the report
+    return notes
+
+
+def group_sections(df: pd.DataFrame, figs: Path, tabs: Path, summary: dict[str, Any]
+                   ) -> tuple[list[Section], list[Section]]:
+    """Per hardware, the speed-conversion finding (first in the report); per measurement group, its figures."""
+    headlines: dict[str, Section] = {}
+    sections = []
     for key_vals, g in df.groupby(GROUP, dropna=False):
         key = dict(zip(GROUP, key_vals, strict=True))
         tag = slug(key)
         title = f"{key['dataset']} / {key['backbone']} / {key['resolution']} / batch {key['batch']} / " \
                 f"{key['precision']} {key['mode']} / {key['hardware']}"
-        files = [pareto_figure(g, "gmacs_total", "total G-MACs (measured, fvcore; paper 'GFLOPs')", key, figs,
-                               f"pareto_gmacs_total_{tag}", log=True),
-                 pareto_figure(g, "gmacs_pixel_decoder", "pixel-decoder G-MACs (measured)", key, figs,
-                               f"pareto_gmacs_pixdec_{tag}", log=True),
-                 pareto_figure(g, "fps", "FPS (measured)", key, figs, f"pareto_fps_{tag}", higher_better=True),
-                 pareto_figure(g, "energy_j_per_img_net", "energy per image, J (measured, net of idle)", key, figs,
-                               f"pareto_energy_{tag}"),
-                 stacked_figure(g, key, figs, f"stages_gmacs_{tag}", "gmacs_", "", "G-MACs per stage (measured)"),
-                 stacked_figure(g, key, figs, f"stages_latency_{tag}", "latency_ms_", "_p50",
-                                "latency per stage, ms (measured)")]
-        tables = []
-        lat_fig, rho = flops_to_speed_figure(g, key, figs, f"flops_to_latency_{tag}", "pd_latency_ms",
-                                             "pixel-decoder latency, ms (measured)")
-        en_fig, _ = flops_to_speed_figure(g, key, figs, f"flops_to_energy_{tag}", "energy_j_per_img_net",
-                                          "energy per image, J net (measured)")
-        files += [lat_fig, en_fig]
-        conv = speed_conversion(g)
+        drawn = {name: draw(g, key=key, out=figs, name=f"{name}_{tag}", **args) for draw, args, name in GROUP_FIGURES}
+        lat_fig, rho = drawn["flops_to_latency"]
+        drawn["flops_to_latency"], drawn["flops_to_energy"] = lat_fig, drawn["flops_to_energy"][0]
         head = headlines.setdefault(key["hardware"], Section(f"How much of the MAC saving became speed on "
                                                              f"{key['hardware']}"))
         head.notes += headline(g, key)
+        conv = speed_conversion(g)
         if not conv.empty:
-            name = f"speed_conversion_{tag}"
             rank = (f"Spearman rho (pixel-decoder G-MACs vs latency): {rho:.2f}" if rho == rho else
                     f"No rank correlation: fewer than {MIN_RANK_POINTS} variants")
-            table = write_table(conv, tabs, name, f"{title}. {rank}")
-            head.tables.append(table)
+            head.tables.append(write_table(conv, tabs, f"speed_conversion_{tag}", f"{title}. {rank}"))
             head.figures += [f for f in (lat_fig,) if f]
-            summary["tables"].append(name)
-        files = [f for f in files if f]
+            summary["tables"].append(f"speed_conversion_{tag}")
+        files = [f for f in drawn.values() if f]
         summary["figures"] += files
-        sections.append(Section(title, files, tables, [code_note(g, code_version())]))
-    sections = [h for h in headlines.values() if h.notes] + sections
+        sections.append(Section(title, files, [], [code_note(g, code_version())]))
+    return list(headlines.values()), sections
+
+
+def extra_sections(df: pd.DataFrame, measured: pd.DataFrame | None, figs: Path, tabs: Path,
+                   summary: dict[str, Any]) -> list[Section]:
+    """The paper table, the fast path, the scaling figures, the measured accuracy and the full table (last)."""
+    sections = []
     paper = paper_table(df)
     if not paper.empty:
         sections.append(Section("PRO-SCALE Cityscapes FPS table: reported vs measured", [],
@@ -143,14 +170,14 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
         summary["figures"] += fast.figures
         summary["tables"] += [f"fast_path_{slug(dict(zip(SETTING, k, strict=True)))}" for k, _ in
                               df.dropna(subset=["pd_latency_ms"]).groupby(SETTING, dropna=False)]
-    for x, label, name in (("pixels", "input pixels", "resolution_scaling"), ("batch", "batch", "batch_scaling")):
-        d = df.assign(pixels=df["height"] * df["width"])
+    d = df.assign(pixels=df["height"] * df["width"], lat_per_img=df["latency_ms_p50"] / df["batch"])
+    for x, label, name in SCALING:
         per = ["variant", "backbone", "hardware", "precision"] + (["batch"] if x == "pixels" else ["resolution"])
-        f = scaling_figure(d, x, "gmacs_pixel_decoder", label, "pixel-decoder G-MACs (measured)", figs,
-                           f"{name}_gmacs", per)
-        g2 = scaling_figure(d.assign(lat_per_img=d["latency_ms_p50"] / d["batch"]), x, "lat_per_img", label,
-                            "latency per image, ms (measured)", figs, f"{name}_latency", per)
-        files = [v for v in (f, g2) if v]
+        files = [f for f in (
+            scaling_figure(d, x, "gmacs_pixel_decoder", label, "pixel-decoder G-MACs (measured)", figs,
+                           f"{name}_gmacs", per),
+            scaling_figure(d, x, "lat_per_img", label, "latency per image, ms (measured)", figs, f"{name}_latency",
+                           per)) if f]
         if files:
             sections.append(Section(label.capitalize() + " scaling", files, []))
             summary["figures"] += files
@@ -160,8 +187,7 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
                             [write_table(full, tabs, "main", "Empty columns are left out here; tables/main.csv "
                                          "has every column, and results.csv every measured value.", narrow(full))]))
     summary["tables"].append("main")
-    write_report(out, sections, notes, failed)
-    return summary
+    return sections
 
 
 def measured_section(measured: pd.DataFrame | None, tabs: Path, summary: dict[str, Any]) -> list[Section]:
