@@ -67,6 +67,9 @@ def summary(row: dict[str, Any], result: Path) -> str:
         lines.append(f"  memory       peak {row['mem_peak_alloc_mb']:.0f} MB of tensors")
     if _num(row.get("energy_j_per_img_net")):
         lines.append(f"  energy       {row['energy_j_per_img_net']:.2f} J/img net of idle")
+    for key, label in (("layers_md", "layers"), ("operators_md", "operators"), ("trace", "trace")):
+        if (row.get("artifacts") or {}).get(key):
+            lines.append(f"  {label:<12} {row['artifacts'][key]}")
     lines.append(f"  row          {result}" + (" (make collect adds it to results/, then make report)"
                                                if result.exists() else " (not written)"))
     return "\n".join(lines)

@@ -6,7 +6,8 @@ sub-stage, one per encoder layer (or RT-M2F block) and one per decoder sub-layer
 trace directory), ``layers.csv`` and ``layers.md``: per range the time per iteration (CUDA time on
 GPU, CPU time otherwise), its share of the whole model, its MACs, the achieved TFLOP/s and the
 roofline columns of ``bench.roofline`` (minimum MB moved, floor ms at the measured peaks, whether
-compute or memory bounds it, the achieved fraction of that floor).
+compute or memory bounds it, the achieved fraction of that floor); ``operators.csv`` and
+``operators.md``: per operator, its calls and self time per iteration and its share.
 Profiling never runs inside a timed or energy window: the job runs it last.
 """
 
@@ -152,6 +153,30 @@ def profile_model(model: nn.Module, fn: Callable[[], Any], out_dir: Path, warmup
     table = layer_table(range_times_ms(prof, set(ranges), cuda, active), flops, ranges, kind, nbytes, ceilings)
     table.to_csv(out_dir / "layers.csv", index=False)
     (out_dir / "layers.md").write_text(table.to_markdown(index=False, floatfmt=".3f") + "\n")
+    ops = operator_table(prof, cuda, active, set(ranges))
+    ops.to_csv(out_dir / "operators.csv", index=False)
+    (out_dir / "operators.md").write_text(ops.head(OPERATORS_SHOWN).to_markdown(index=False, floatfmt=".3f") + "\n")
     return {"profile_dir": str(out_dir), "trace": str(out_dir / "trace.json.gz"), "tensorboard": str(out_dir / "tb"),
             "layers_csv": str(out_dir / "layers.csv"), "layers_md": str(out_dir / "layers.md"),
+            "operators_csv": str(out_dir / "operators.csv"), "operators_md": str(out_dir / "operators.md"),
             "ranges": len(ranges)}
+
+
+OPERATORS_SHOWN = 30  # rows of operators.md (operators.csv has them all)
+
+
+def operator_table(prof: Any, cuda: bool, iters: int, ranges: set[str]) -> pd.DataFrame:
+    """One row per operator (aten op, Triton or custom kernel): calls and self time per iteration (device
+    time on CUDA, CPU time otherwise) and its share, slowest first: where the time goes, whichever layer
+    calls it (grid sampling, the deformable-attention hot spot, shows here)."""
+    kind = "cuda" if cuda else "cpu"
+    rows = []
+    for evt in prof.key_averages():
+        self_us = evt.self_device_time_total if cuda else evt.self_cpu_time_total
+        if evt.key in ranges or evt.key.startswith("ProfilerStep") or self_us <= 0:
+            continue
+        rows.append({"operator": evt.key, "calls": evt.count / iters, f"{kind}_self_ms": self_us / 1e3 / iters})
+    table = pd.DataFrame(rows, columns=["operator", "calls", f"{kind}_self_ms"])
+    table = table.sort_values(f"{kind}_self_ms", ascending=False, ignore_index=True)
+    table["share"] = table[f"{kind}_self_ms"] / table[f"{kind}_self_ms"].sum()
+    return table

@@ -166,6 +166,10 @@ def test_profile_on_cpu_writes_trace_and_layer_table(tmp_path):
     assert "pixel_decoder.layer00" in {e.get("name") for e in trace["traceEvents"]}
     assert any(Path(art["tensorboard"]).iterdir())
     assert "| range" in Path(art["layers_md"]).read_text()
+    ops = pd.read_csv(art["operators_csv"])  # where the time goes, by operator: grid sampling among them
+    assert "aten::grid_sampler_2d" in set(ops["operator"]) and ops["share"].sum() == pytest.approx(1.0)
+    assert (ops["cpu_self_ms"].diff().dropna() <= 0).all() and "pixel_decoder" not in set(ops["operator"])
+    assert "| operator" in Path(art["operators_md"]).read_text()
     # roofline columns: bytes grow with the phase's tokens; the floor never exceeds the measured time by much
     roof = table.set_index("range").loc[[f"pixel_decoder.layer{i:02d}" for i in range(3)]]
     assert (roof["mbytes_min"].diff().dropna() > 0).all() and set(table["bound"]) <= {"compute", "memory"}
@@ -190,6 +194,9 @@ def test_a_single_job_summary_reads_like_a_tool(tmp_path):
     assert "G-FLOPs" not in text and "energy" not in text  # not measured: not shown
     assert "latency      812.3 ms p50 (95 % CI +-12.0 ms)" in text and "pixdec alone 259.0 ms" in text
     assert f"row          {tmp_path / 'result.json'} (make collect adds it" in text
+    profiled = summary({**row, "artifacts": {"layers_md": "p/layers.md", "operators_md": "p/operators.md"}},
+                       tmp_path / "result.json")
+    assert "  layers       p/layers.md\n  operators    p/operators.md" in profiled  # where make profile wrote
 
 
 def test_a_single_job_on_a_cpu_picks_the_short_timing_unless_told(monkeypatch, capsys):
