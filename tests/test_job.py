@@ -210,3 +210,10 @@ def test_a_single_job_on_a_cpu_picks_the_short_timing_unless_told(monkeypatch, c
     monkeypatch.setattr(cli, "_cuda", lambda: True)
     assert cli.cpu_timing(["measure=latency"]) == ["measure=latency"]  # auto on a GPU machine: the GPU loop
     assert cli.cpu_timing(["device=cpu"]) == ["timing=cpu", "device=cpu"]
+
+
+@pytest.mark.slow
+def test_help_says_which_command_reads_the_data_group():
+    done = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("python -m bench: measure one configuration")
+    assert "The data group belongs to python -m bench.evaluate" in done.stdout
