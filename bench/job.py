@@ -101,11 +101,10 @@ def to_dict_unresolved(cfg: Any) -> dict[str, Any]:
 
 def check_out_dir(out_dir: Path) -> None:
     """The job's output directory can be created and written, or ``InvalidConfig`` says why."""
+    from bench.store import writable_dir
+
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
+        writable_dir(out_dir)
     except OSError as err:
         raise InvalidConfig(f"out_dir={out_dir} cannot be written ({err.strerror or err}); name a writable "
                             "folder") from None

@@ -261,6 +261,16 @@ class ResultStore:
         return written
 
 
+def writable_dir(path: Path) -> None:
+    """Create ``path`` if need be and write a probe file there: the ``OSError`` says why it cannot serve."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(20, "not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / ".write-probe"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def result_files(roots: Iterable[Path | str]) -> list[Path]:
     """Every ``result.json`` under ``roots`` (absolute paths, sorted)."""
     return sorted(p.absolute() for root in roots if Path(root).exists() for p in Path(root).rglob("result.json"))

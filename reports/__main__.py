@@ -96,13 +96,12 @@ def run(command: str, opts: dict[str, str]) -> int:
 
 def output_dir(path: Path, key: str) -> Path:
     """``path`` as a folder this command can write, created if need be; ``UsageError`` names the key."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{key}={path} is not a folder; name a writable folder with {key}=DIR")
+    from bench.store import writable_dir
+
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
+        writable_dir(path)
+    except NotADirectoryError:
+        raise UsageError(f"{key}={path} is not a folder; name a writable folder with {key}=DIR") from None
     except OSError as err:
         raise UsageError(f"{key}={path} cannot be used as an output folder ({err.strerror or err}); name a "
                          f"writable folder with {key}=DIR") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -75,3 +76,25 @@ def pytest_collection_modifyitems(config, items):
 
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def on_tiny_disk(tmp_path: Path, script: str, then: str = "") -> Any:
+    """``script`` (Python, given ``<disk>/results.sqlite`` as its argument) on a 256 KiB tmpfs mounted at
+    ``tmp_path/disk`` in a private mount namespace, then the shell commands ``then`` (``{disk}`` names the
+    mount); skips where root or mount namespaces are missing. Returns the finished process."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and mount namespaces to mount a tiny tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=256k tmpfs '{disk}' && "
+                           f"'{sys.executable}' -c '{script}' '{disk}/results.sqlite'"
+                           + (f" && {then.format(disk=disk)}" if then else "")],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    if "mount" in done.stderr and done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    return done

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 
@@ -18,6 +15,7 @@ from bench.store import PARTIAL, ResultStore, StoreError
 from bench.sweep import REPO, job_command, make_job
 from reports.__main__ import EXIT_LOCKED
 from reports.__main__ import main as reports_main
+from tests.conftest import on_tiny_disk
 
 ROW = {"run_id": "r1", "config_hash": "c1", "status": "ok", "created_at": "2026-01-01T00:00:00"}
 
@@ -126,15 +124,7 @@ store.close()
 
 
 def test_a_backup_on_a_full_disk_is_a_store_error_and_leaves_no_partial_copy(tmp_path):
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        pytest.skip("needs root and mount namespaces to mount a tiny tmpfs")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=256k tmpfs '{disk}' && "
-                           f"'{sys.executable}' -c '{FULL_BACKUP}' '{disk}/results.sqlite' && ls -a '{disk}/backups'"],
-                          cwd=REPO, capture_output=True, text=True)
-    if "mount" in done.stderr and done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    done = on_tiny_disk(tmp_path, FULL_BACKUP, "ls -a '{disk}/backups'")
     assert done.returncode == 0, done.stderr
     message, listing = done.stdout.split("\n", 1)
     assert "cannot write a backup" in message and "full" in message, done.stdout

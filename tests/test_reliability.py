@@ -20,7 +20,7 @@ from bench.locks import FileLock, LockHeld
 from bench.store import ResultStore, StoreError, rebuild_store
 from bench.sweep import EXIT_LOCKED, FAULT_ENV, REPO, plan, run_sweep
 from bench.sweep import main as sweep_main
-from tests.conftest import write_tiny_sweep
+from tests.conftest import on_tiny_disk, write_tiny_sweep
 
 pytestmark = pytest.mark.slow  # fresh job processes
 
@@ -352,17 +352,8 @@ store.close()
 
 
 def test_a_full_disk_keeps_every_committed_row_and_says_where_the_next_one_is(tmp_path):
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        pytest.skip("needs root and mount namespaces to mount a tiny tmpfs")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=256k tmpfs '{disk}' && "
-                           f"'{sys.executable}' -c '{FILL_THE_DISK}' '{disk}/results.sqlite' && "
-                           f"cp '{disk}/results.sqlite' '{tmp_path}/copy.sqlite' && "
-                           f"(cp '{disk}/results.sqlite-wal' '{tmp_path}/copy.sqlite-wal' || true)"],
-                          cwd=REPO, capture_output=True, text=True)
-    if "mount" in done.stderr and done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    done = on_tiny_disk(tmp_path, FILL_THE_DISK, f"cp '{{disk}}/results.sqlite' '{tmp_path}/copy.sqlite' && "
+                        f"(cp '{{disk}}/results.sqlite-wal' '{tmp_path}/copy.sqlite-wal' || true)")
     assert done.returncode == 0, done.stderr
     count, message = done.stdout.split("\n", 1)
     assert 10 < int(count) < 10000
