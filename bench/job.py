@@ -73,7 +73,7 @@ def run_job(cfg: Mapping[str, Any], out_dir: Path | str) -> dict[str, Any]:
     except Exception as err:  # a failed job is a row, not a crash: the sweep goes on
         log.error("job failed:\n%s", traceback.format_exc())
         row.update(status="failed", error=f"{type(err).__name__}: {err}"[:2000], valid=False)
-    changed = code_changed()
+    changed = code_changed() if row["status"] == "ok" else None
     if changed:  # a re-run measures the new code; these numbers are kept in result.json, marked failed
         row.update(status="failed", error=changed, valid=False)
     try:

@@ -180,7 +180,7 @@ def speed_conversion(g: pd.DataFrame, lat: str = "pd_latency_ms", macs: str = "g
               for v, c in zip(t[lat], ci, strict=True)]
     t["latency_reduction_low"] = [1 - hi for _, _, hi in bounds]  # 95 % interval of the reduction
     t["latency_reduction_high"] = [1 - lo for _, lo, _ in bounds]
-    t.loc[g["encoder"] == "m2f", ["latency_reduction_low", "latency_reduction_high"]] = math.nan
+    t.loc[base.index[0], ["latency_reduction_low", "latency_reduction_high"]] = math.nan  # not against itself
     t["speed_conversion"] = t["latency_reduction"] / t["mac_reduction"].where(t["mac_reduction"].abs() > 1e-9)
     t.loc[~distinguishable(t), "speed_conversion"] = math.nan
     return t
