@@ -217,11 +217,26 @@ def headline(g: pd.DataFrame, key: dict) -> list[str]:
                        "given.")
         else:
             out.append(text + f": a speed conversion of {r['speed_conversion']:.2f}.")
+    busy = contended(g)
+    if busy:
+        out.append(f"{where}, other processes used the CPU while these were timed ({busy}): their latencies may be "
+                   "off by more than their intervals say; re-measure on a quiet machine.")
     tied = overlapping(g)
     if tied:
         out.append(f"{where}, these pixel-decoder latencies overlap within their 95 % intervals and cannot be ranked "
                    "against each other at this noise: " + "; ".join(" ~ ".join(group) for group in tied) + ".")
     return out
+
+
+CONTENDED_CORES = 0.25  # other processes kept at least this many cores busy on average: said in the headline
+
+
+def contended(g: pd.DataFrame) -> str:
+    """The variants whose timed loop shared the CPU with other processes (``cpu_others_cores``), with how
+    many cores those kept busy; empty when none did (or it was not recorded)."""
+    cores = pd.to_numeric(g.get("cpu_others_cores", pd.Series(math.nan, index=g.index)), errors="coerce")
+    hit = g.assign(cores=cores)[cores >= CONTENDED_CORES].sort_values("cores", ascending=False)
+    return "; ".join(f"{v}: {c:.1f} cores" for v, c in zip(hit["variant"], hit["cores"], strict=True))
 
 
 def overlapping(g: pd.DataFrame, lat: str = "pd_latency_ms") -> list[list[str]]:

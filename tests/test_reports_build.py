@@ -218,3 +218,13 @@ def test_an_accuracy_line_that_matches_no_measured_variant_is_named(tmp_path, ca
     assert "cityscapes / swin_t / proscale(3,3,3)+lpe matches no measured row" in md
     assert "proscale(3,3,3)+lpe+trc" in md.split("matches no measured row")[1].splitlines()[0]  # the near names
     assert "matches no measured row" in capsys.readouterr().err
+
+
+def test_the_headline_says_when_other_processes_used_the_cpu(tmp_path):
+    rows = fake_rows().assign(cpu_others_cores=[0.0, 1.02, 0.05, float("nan")])
+    build_report(rows, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "other processes used the CPU while these were timed (proscale(3,3,3)+lpe+trc: 1.0 cores)" in md
+    quiet = fake_rows().assign(cpu_others_cores=0.01)
+    build_report(quiet, tmp_path / "quiet")
+    assert "other processes used the CPU" not in (tmp_path / "quiet" / "report.md").read_text()
