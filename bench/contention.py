@@ -4,7 +4,9 @@ this process's own CPU time (``os.times``), and the hypervisor's steal time.
 ``cpu_others_cores`` is the average number of cores that other processes kept busy during the window
 (0 on an idle machine; 1 when another program spins one core); ``cpu_steal_frac`` the share of the
 machine's time a hypervisor gave to other guests. Without ``/proc/stat`` (not Linux) both are NaN.
-A row keeps the worst of its timed loops' windows.
+A timed loop that shared the CPU with ``timing.contention_cores`` cores' worth of other work or more is
+run again (``timing.retime`` times at most) and the least contended run is kept; a row keeps the worst
+of its timed loops' windows and counts the re-timed loops in ``retimed``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 PROC_STAT = Path("/proc/stat")
 COLUMNS = ("cpu_others_cores", "cpu_steal_frac")
@@ -34,6 +39,24 @@ def own_seconds() -> float:
     """This process's CPU time (user + system, every thread)."""
     t = os.times()
     return t.user + t.system
+
+
+def quiet_loop(loop: Callable[[], T], cores: float, retries: int) -> tuple[T, CpuWindow, int]:
+    """Run ``loop`` (a timed loop) in a window; while other processes kept ``cores`` cores or more busy, run
+    it again, at most ``retries`` more times. Returns the least contended result, its window, and how many
+    times the loop was re-timed."""
+    best: tuple[float, T, CpuWindow] | None = None
+    tries = 0
+    for tries in range(retries + 1):  # noqa: B007 - the count is returned
+        with CpuWindow() as window:
+            result = loop()
+        others = window.columns()["cpu_others_cores"]
+        others = 0.0 if others != others else others  # unknown (no /proc/stat): nothing to re-time for
+        if best is None or others < best[0]:
+            best = (others, result, window)
+        if others < cores:
+            break
+    return best[1], best[2], tries
 
 
 def worst(windows: list[CpuWindow]) -> dict[str, float]:

@@ -35,7 +35,8 @@ SPEED = (["latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean
           "warmup_iters", "warmup_stable"]
          + [f"latency_ms_{s}_p50" for s in TIMED_STAGES]
          + ["latency_ms_pixel_decoder_alone_p50", "latency_ms_pixel_decoder_alone_ci95"]
-         + ["gpu_busy_ms", "compile_seconds", "recompiles", "graph_breaks", "cpu_others_cores", "cpu_steal_frac"])
+         + ["gpu_busy_ms", "compile_seconds", "recompiles", "graph_breaks", "cpu_others_cores", "cpu_steal_frac",
+            "retimed"])
 ROOFLINE = ["peak_tflops", "peak_gbs", "mbytes_min_total", "floor_ms_total", "roofline_frac_total",
             "mbytes_min_pixel_decoder", "floor_ms_pixel_decoder", "roofline_frac_pixel_decoder"]
 ACCURACY = ["err_mask_features_rel", "err_pred_logits_rel", "err_pred_masks_rel", "mask_agreement"]

@@ -36,6 +36,8 @@ class TimingConfig:
     pixel_decoder_alone: bool = True
     secondary: float = 0.2  # share of the main loop's iterations and seconds for the alone/e2e timings
     bootstrap: int = 2000
+    contention_cores: float = 0.25  # a timed loop beside this many busy cores of other work is timed again
+    retime: int = 2  # at most this many times (the least contended run is kept)
 
 
 def shortened(cfg: TimingConfig, share: float) -> TimingConfig:
