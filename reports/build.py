@@ -95,7 +95,8 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
     figs, tabs = out / "figures", out / "tables"
     figs.mkdir(parents=True, exist_ok=True)
     tabs.mkdir(parents=True, exist_ok=True)
-    df = prepare(rows, load_accuracy(accuracy, measured))
+    user = read_user_accuracy(Path(accuracy)) if accuracy else None  # read once: joined, and checked below
+    df = prepare(rows, load_accuracy(accuracy, measured, user))
     summary: dict[str, Any] = {"rows": int(len(rows)), "ok": int(len(df)), "figures": [], "tables": []}
     failed = rows[rows["status"] != "ok"] if len(rows) else rows
     if df.empty:
@@ -104,11 +105,11 @@ def build_report(rows: pd.DataFrame, out_dir: Path | str, accuracy: Path | str |
         return summary
     headlines, groups = group_sections(df, figs, tabs, summary)
     sections = [h for h in headlines if h.notes] + groups + extra_sections(df, measured, figs, tabs, summary)
-    write_report(out, sections, report_notes(df, shipped, accuracy), failed)
+    write_report(out, sections, report_notes(df, shipped, user), failed)
     return summary
 
 
-def report_notes(df: pd.DataFrame, shipped: pd.DataFrame, accuracy: Path | str | None) -> list[str]:
+def report_notes(df: pd.DataFrame, shipped: pd.DataFrame, user: pd.DataFrame | None) -> list[str]:
     """The notes at the top: reference rows, stale rows, unmatched accuracy lines, no latency."""
     notes = []
     if len(shipped):
@@ -118,8 +119,8 @@ def report_notes(df: pd.DataFrame, shipped: pd.DataFrame, accuracy: Path | str |
         notes.append(f"{int(df['stale'].sum())} of {len(df)} rows were measured by other code than the current "
                      f"({code_version()}); the table marks them '(stale)'. A sweep re-measures them unless "
                      "--keep-stale.")
-    if accuracy:
-        notes += unmatched_accuracy(read_user_accuracy(Path(accuracy)), df)
+    if user is not None:
+        notes += unmatched_accuracy(user, df)
     if df["latency_ms_p50"].isna().all():
         notes.append("No latency or energy was measured (no GPU): this report shows FLOPs, parameters and memory; "
                      "FPS and energy plots are omitted.")

@@ -20,12 +20,14 @@ SETTING = ["hardware", "device", "batch", "resolution", "dataset", "backbone"]
 EXECUTION = ["msda_backend", "mode", "precision", "force_fp32"]
 
 
-def load_accuracy(path: Path | str | None = None, measured: pd.DataFrame | None = None) -> pd.DataFrame:
+def load_accuracy(path: Path | str | None = None, measured: pd.DataFrame | None = None,
+                  user: pd.DataFrame | None = None) -> pd.DataFrame:
     """Accuracy per (dataset, backbone, variant): a measured row (``python -m bench.evaluate``) first, then a
-    user CSV's, then the published one; ``kind`` says which (measured / reported)."""
+    user CSV's (``user``: the CSV at ``path`` when already read), then the published one; ``kind`` says which
+    (measured / reported)."""
     acc = pd.read_csv(ACCURACY, dtype={"variant": str}).assign(kind="reported")
     if path:
-        user = read_user_accuracy(Path(path))
+        user = read_user_accuracy(Path(path)) if user is None else user
         user = user.assign(metric=user.get("metric", "PQ"), source=user.get("source", str(path)), kind="reported")
         acc = pd.concat([user, acc])
     if measured is not None and len(measured):

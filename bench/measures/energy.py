@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import energy, row
+from bench import energy
 from bench.measures import INVALID, JobContext, measure
+from bench.row import ENERGY
 from bench.timing import IterationClock, TimingConfig, shortened, warm_up
 
 
-@measure("energy", order=60, columns=row.ENERGY, timed=True)
+@measure("energy", order=60, columns=ENERGY, timed=True)
 def measure_energy(ctx: JobContext) -> dict[str, Any]:
     """Energy per image over a window of at least ``energy.min_seconds``; NaN with the reason when NVML fails.
     After the latency measure the runner is already warm: its warm-up is shortened by ``timing.secondary``."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bench import row
 from bench.flops import FlopCache, count_flops
 from bench.measures import JobContext, measure
 from bench.memory import peak_memory
+from bench.row import FLOPS
 
 
-@measure("flops", order=20, columns=row.FLOPS)
+@measure("flops", order=20, columns=FLOPS)
 def measure_flops(ctx: JobContext) -> dict[str, Any]:
     """One counting forward (with the CPU memory probe around it when memory is measured too)."""
     fs, device = ctx.settings.flops, ctx.settings.device

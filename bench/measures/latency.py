@@ -8,11 +8,10 @@ from typing import Any
 
 import torch
 
-from bench import row
 from bench.contention import quiet_loop, worst
 from bench.energy import EnergyMeter, sampled_state
 from bench.measures import INVALID, JobContext, measure
-from bench.row import TIMED_STAGES
+from bench.row import SPEED, TIMED_STAGES
 from bench.runners import Runner, dynamo_graph_breaks, dynamo_graphs, pixel_decoder_runner
 from bench.timing import (
     IterationClock,
@@ -26,7 +25,7 @@ from bench.timing import (
 )
 
 
-@measure("latency", order=40, columns=row.SPEED, timed=True)
+@measure("latency", order=40, columns=SPEED, timed=True)
 def measure_latency(ctx: JobContext) -> dict[str, Any]:
     """The timed loop (and, with a GPU meter, the GPU state sampled over it), stage times, secondary timings.
     Graph breaks are counted from here (dynamo's counter is process-wide and survives resets)."""

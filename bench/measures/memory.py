@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import row
 from bench.measures import JobContext, measure
 from bench.memory import peak_memory
+from bench.row import MEMORY
 
 
-@measure("memory", order=10, columns=row.MEMORY)
+@measure("memory", order=10, columns=MEMORY)
 def measure_memory(ctx: JobContext) -> dict[str, Any]:
     """The peak over one inference. On CPU with ``flops`` the FLOP-counting forward carries the probe
     (it is the process's first forward, and the counters hold no tensors), so nothing runs here."""

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bench import row
 from bench.flops import flops_by_path, stage_paths
 from bench.measures import JobContext, measure
 from bench.roofline import measure_ceilings, min_bytes_by_path, roofline_table
+from bench.row import ROOFLINE
 from models.stages import FORWARD_STAGES
 
 
-@measure("roofline", order=50, columns=row.ROOFLINE)
+@measure("roofline", order=50, columns=ROOFLINE)
 def measure_roofline(ctx: JobContext) -> dict[str, Any]:
     """Floors of the whole forward and the pixel decoder at the measured peaks, and the achieved fractions
     (against ``latency_ms_p50`` and the pixel decoder's time, when latency was measured in this job)."""
